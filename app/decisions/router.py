@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import AwareDatetime
+
+from app.auth.deps import Authenticated, OperatorAdmin, OperatorIdPath, require_operator, require_role
+from app.auth.keys import Role
+from app.db import utcnow
+from app.decisions import repository as repo
+from app.decisions.schemas import (
+    AuthorizeIn,
+    DecisionItem,
+    DecisionOut,
+    DecisionPage,
+    OutcomeAccepted,
+    OutcomeIn,
+)
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.metrics import AUTHORIZE_DURATION
+from app.operators import repository as operators_repo
+from app.schemas import decode_cursor, encode_cursor, invalid_cursor
+from app.services import ServicesDep
+
+router = APIRouter()
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, unknown, revoked or expired API key"},
+    403: {"description": "The key lacks the role or the operator"},
+}
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not all(" " <= c <= "~" for c in value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1–255 printable ASCII characters.",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "1-255 printable ASCII characters", "type": "value_error"}],
+        )
+    return value
+
+
+@router.post(
+    "/sessions/authorize",
+    response_model=DecisionOut,
+    tags=["backend"],
+    operation_id="authorizeSession",
+    responses={
+        **_AUTH_ERRORS,
+        404: {"description": "Unknown operator"},
+        409: {"description": "Idempotency-Key reused with a different body"},
+        413: {"description": "Body over 64 KiB"},
+    },
+)
+async def authorize(
+    body: AuthorizeIn,
+    principal: Authenticated,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    started = time.perf_counter()
+    key = _idempotency_key(idempotency_key)
+    require_operator(principal, body.operator_id, Role.BACKEND)
+    answer = await services.decisions.authorize(principal, body, key)
+    AUTHORIZE_DURATION.observe(time.perf_counter() - started)
+    # The answer is already JSON-shaped; validating it again would only cost time.
+    return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+
+
+@router.post(
+    "/sessions/{decision_id}/outcome",
+    status_code=202,
+    response_model=OutcomeAccepted,
+    tags=["backend"],
+    operation_id="reportOutcome",
+    responses={
+        **_AUTH_ERRORS,
+        404: {"description": "Unknown decision (or one of another operator)"},
+        409: {"description": "The decision has no assessment to annotate"},
+    },
+)
+async def report_outcome(
+    decision_id: Annotated[str, Path(max_length=40)],
+    body: OutcomeIn,
+    principal: Authenticated,
+    services: ServicesDep,
+) -> OutcomeAccepted:
+    require_role(principal, Role.BACKEND)
+    reasons = list(dict.fromkeys(body.reasons))
+    async with services.engine.begin() as conn:
+        decision = await repo.decision_for_update(conn, decision_id)
+        if decision is None or not principal.may_act_for(decision.operator_id):
+            raise NotFound("No decision has that id.")
+        if decision.assessment_name is None:
+            raise Conflict("This decision was made without an assessment; there is nothing to annotate.")
+        same_report = decision.outcome == body.outcome and sorted(decision.outcome_reasons or []) == sorted(reasons)
+        if not same_report:
+            await repo.record_outcome(conn, decision, body.outcome, reasons, utcnow())
+    services.outbox.wake()
+    return OutcomeAccepted(decision_id=decision_id, outcome=body.outcome, reasons=reasons)
+
+
+@router.get(
+    "/operators/{operator_id}/decisions",
+    response_model=DecisionPage,
+    tags=["operator"],
+    operation_id="listDecisions",
+    responses={**_AUTH_ERRORS, 404: {"description": "Unknown operator"}},
+)
+async def list_decisions(
+    operator_id: OperatorIdPath,
+    principal: OperatorAdmin,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    decision: Literal["allow", "deny"] | None = None,
+    since: AwareDatetime | None = None,
+) -> DecisionPage:
+    before = None
+    if cursor:
+        at_text, decision_id = decode_cursor(cursor, str, str)
+        try:
+            before = (datetime.fromisoformat(at_text), decision_id)
+        except ValueError:
+            raise invalid_cursor() from None
+    async with services.engine.connect() as conn:
+        if not await operators_repo.operator_exists(conn, operator_id):
+            raise NotFound(f"Operator {operator_id} does not exist.")
+        rows = await repo.decision_page(conn, operator_id, limit, before, decision, since)
+    items = [DecisionItem.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last.evaluated_at.isoformat(), last.decision_id)
+    return DecisionPage(items=items, next_cursor=next_cursor)

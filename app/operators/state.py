@@ -1,0 +1,93 @@
+"""What authorize needs of an operator (policy + decrypted credentials), cached briefly.
+
+Every replica re-reads an operator at most `ttl` seconds after it last did, so a
+policy or credential change is in force everywhere within that time; the replica
+that made the change drops its entry at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.credentials.crypto import KeyRing
+from app.credentials.models import StoredCredential
+from app.credentials.store import unseal
+from app.credentials.types import GoogleCredential
+from app.operators.models import Policy
+from app.operators.policy import FailMode, Mode, PolicySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorState:
+    operator_id: str
+    policy: PolicySnapshot
+    credential: GoogleCredential | None
+
+
+class OperatorStateCache:
+    def __init__(self, engine: AsyncEngine, keyring: KeyRing, ttl: float) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, OperatorState | None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Unsealing and parsing a key costs more than reading it: keep the parsed one.
+        self._unsealed: dict[tuple[str, bytes], GoogleCredential] = {}
+
+    async def get(self, operator_id: str) -> OperatorState | None:
+        entry = self._entries.get(operator_id)
+        if entry is not None and time.monotonic() - entry[0] <= self._ttl:
+            return entry[1]
+        lock = self._locks.setdefault(operator_id, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(operator_id)
+            if entry is not None and time.monotonic() - entry[0] <= self._ttl:
+                return entry[1]
+            loaded_at = time.monotonic()
+            state = await self._load(operator_id)
+            self._entries[operator_id] = (loaded_at, state)
+            return state
+
+    def invalidate(self, operator_id: str) -> None:
+        self._entries.pop(operator_id, None)
+
+    async def _load(self, operator_id: str) -> OperatorState | None:
+        p = Policy.__table__
+        c = StoredCredential.__table__
+        query = (
+            select(p, c.c.key_id, c.c.sealed, c.c.meta)
+            .select_from(p.outerjoin(c, c.c.operator_id == p.c.operator_id))
+            .where(p.c.operator_id == operator_id)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            return None
+        policy = PolicySnapshot(
+            version=row.version,
+            enabled=row.enabled,
+            mode=Mode(row.mode),
+            score_threshold=row.score_threshold,
+            expected_action=row.expected_action,
+            allowed_hostnames=tuple(row.allowed_hostnames),
+            max_token_age_seconds=row.max_token_age_seconds,
+            fail_mode=FailMode(row.fail_mode),
+            site_key=row.site_key,
+            gcp_project_id=row.gcp_project_id,
+        )
+        credential = None
+        if row.sealed is not None:
+            memo_key = (operator_id, bytes(row.sealed))
+            credential = self._unsealed.get(memo_key)
+            if credential is None:
+                credential = unseal(
+                    self._keyring, operator_id, row.key_id, bytes(row.sealed), row.meta["fingerprint"]
+                )
+                self._unsealed = {k: v for k, v in self._unsealed.items() if k[0] != operator_id}
+                self._unsealed[memo_key] = credential
+        return OperatorState(operator_id, policy, credential)
