@@ -48,8 +48,9 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
-    for noisy in ("uvicorn.access",):
-        logging.getLogger(noisy).disabled = True
+    # Our own access line replaces uvicorn's; httpx would log every call to Google.
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True

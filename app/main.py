@@ -93,7 +93,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     install_error_handlers(app)
-    for router in (ops.router, operators_router, credentials_router, decisions_router, api_keys_router):
+    for router in (
+        ops.router,
+        operators_router,
+        credentials_router,
+        decisions_router,
+        api_keys_router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestContextMiddleware)

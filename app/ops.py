@@ -18,7 +18,11 @@ router = APIRouter(tags=["operations"])
 READY_TIMEOUT_SECONDS = 2.0
 
 
-@router.get("/healthz", operation_id="healthz", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
+@router.get(
+    "/healthz",
+    operation_id="healthz",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -26,7 +30,10 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     operation_id="readyz",
-    responses={200: {"content": {"application/json": {"example": {"status": "ready"}}}}, 503: {"description": "The database does not answer"}},
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ready"}}}},
+        503: {"description": "The database does not answer"},
+    },
 )
 async def readyz(services: ServicesDep) -> Any:
     try:

@@ -53,7 +53,9 @@ def decode_cursor(cursor: str, *types: type) -> list[Any]:
     if (
         not isinstance(parts, list)
         or len(parts) != len(types)
-        or not all(isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=False))
+        or not all(
+            isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=False)
+        )
     ):
         raise invalid_cursor()
     return parts

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class GoogleAuthMode(StrEnum):
     SELF_SIGNED_JWT = "self_signed_jwt"
-    TOKEN_EXCHANGE = "token_exchange"
+    TOKEN_EXCHANGE = "token_exchange"  # noqa: S105 - a mode name, not a secret
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,7 @@ from app.schemas import NoNul, OperatorId, StrictModel
 
 class ApiKeyIn(StrictModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul]
-    role: Role
+    role: Annotated[Role, Field(strict=False)]
     operator_ids: Annotated[list[OperatorId], Field(min_length=1, max_length=1000)] | None
     # JSON has no datetime type: an RFC 3339 string with an offset is accepted here.
     expires_at: Annotated[AwareDatetime | None, Field(strict=False)] = None

@@ -88,14 +88,29 @@ def load_keyring(settings: Settings) -> KeyRing:
             "set CHARGEGATE_ALLOW_INSECURE_DEFAULTS=true only for a throw-away development setup."
         )
     path = settings.var_dir / DEV_KEY_FILE
-    if not path.exists():
-        _write_private(path, new_key_entry("dev1") + "\n")
+    if not path.exists() and _write_private(path, new_key_entry("dev1") + "\n"):
         log.warning("generated a development encryption key", extra={"path": str(path)})
     return KeyRing.parse(path.read_text())
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str) -> bool:
+    """Creates `path` (mode 0600) with `text` unless it exists; False when another won.
+
+    `serve --workers N` starts N processes that may all get here at once: the file is
+    written aside and linked into place, so none sees it half-written or fails on it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        staging.unlink(missing_ok=True)

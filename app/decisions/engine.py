@@ -105,7 +105,8 @@ def evaluate(
         reason = Reason.TOKEN_MISSING if isinstance(evidence, TokenMissing) else Reason.TOKEN_REUSED
         return _judged(policy, mode, reason, None, None)
 
-    score = round_score(evidence.score) if evidence.score is not None else None
+    # Google's JSON leaves out zero values, so a missing score is 0.0.
+    score = round_score(evidence.score or 0.0)
     reason = _first_failed_check(policy, expected_action, evidence, score, now)
     return _judged(policy, mode, reason, score, evidence)
 
@@ -114,7 +115,7 @@ def _first_failed_check(
     policy: PolicySnapshot,
     expected_action: str,
     assessment: Assessment,
-    score: float | None,
+    score: float,
     now: datetime,
 ) -> Reason:
     if not assessment.valid:
@@ -130,7 +131,7 @@ def _first_failed_check(
         (now - assessment.create_time).total_seconds() > policy.max_token_age_seconds
     ):
         return Reason.TOKEN_TOO_OLD
-    if score is None or score < policy.score_threshold:
+    if score < policy.score_threshold:
         return Reason.SCORE_BELOW_THRESHOLD
     return Reason.SCORE_OK
 

@@ -13,7 +13,7 @@ import httpx
 
 from app.credentials.types import GoogleCredential, ServiceAccountKey
 from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS
-from app.recaptcha.http import is_connect_refused, is_timeout, retry_after, send
+from app.recaptcha.http import retry_after, send, transport_failure
 from app.recaptcha.tokens import AccessTokenProvider
 from app.recaptcha.types import Assessment, UpstreamError, UpstreamErrorKind, UpstreamFailure
 
@@ -115,7 +115,8 @@ class RecaptchaClient:
         except TimeoutError:
             raise _failure(UpstreamErrorKind.TIMEOUT, "no answer within the deadline") from None
         except httpx.HTTPError as exc:
-            raise _transport_failure(exc) from exc
+            # Not chained: the httpx error carries the request, with its token and credentials.
+            raise transport_failure(exc) from None
         status = response.status_code
         if 200 <= status < 300:
             try:
@@ -151,16 +152,6 @@ def _segment(value: str, what: str) -> str:
     if not _SEGMENT.match(value):
         raise _failure(UpstreamErrorKind.BAD_REQUEST, f"invalid {what}")
     return value
-
-
-def _transport_failure(exc: httpx.HTTPError) -> UpstreamError:
-    if is_timeout(exc):
-        return _failure(UpstreamErrorKind.TIMEOUT, "no answer within the deadline")
-    if is_connect_refused(exc):
-        return _failure(UpstreamErrorKind.UNREACHABLE, "connection refused or name not resolved")
-    # Possibly after the request reached Google: never resent (a token would come back DUPE).
-    cause = exc.__cause__ or exc
-    return _failure(UpstreamErrorKind.UNREACHABLE, f"connection failed ({type(cause).__name__})")
 
 
 def _error_detail(response: httpx.Response) -> str:

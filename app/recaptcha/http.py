@@ -13,6 +13,8 @@ import aiohttp
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
+from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailure
+
 # Fallback for requests that do not pass their own (every Google call passes the time left
 # of its deadline).
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
@@ -20,6 +22,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 # fails as "disconnected" and may not be resent, so stale sockets must not linger.
 KEEPALIVE_SECONDS = 30.0
 RETRY_DELAY_SECONDS = (0.05, 0.2)
+# A retry with less time left than this could not complete anyway (TLS and Google's answer
+# take longer), and would turn "unreachable" into "timeout".
+MIN_ATTEMPT_SECONDS = 0.05
 
 
 def build_http_client() -> httpx.AsyncClient:
@@ -57,6 +62,19 @@ def is_timeout(exc: httpx.HTTPError) -> bool:
     return isinstance(exc, httpx.TimeoutException)
 
 
+def transport_failure(exc: httpx.HTTPError, prefix: str = "") -> UpstreamError:
+    """The upstream error for a request that got no HTTP answer (text names no secret)."""
+    cause = type(exc.__cause__ or exc).__name__
+    if is_timeout(exc):
+        kind, what = UpstreamErrorKind.TIMEOUT, "no answer within the deadline"
+    elif is_connect_refused(exc):
+        kind, what = UpstreamErrorKind.UNREACHABLE, "connection not established"
+    else:
+        # Possibly after the request arrived: never resent (a token would come back DUPE).
+        kind, what = UpstreamErrorKind.UNREACHABLE, "connection failed"
+    return UpstreamError(UpstreamFailure(kind, detail=f"{prefix}{what} ({cause})"))
+
+
 async def send(
     http: httpx.AsyncClient,
     method: str,
@@ -78,7 +96,7 @@ async def send(
             if not is_connect_refused(exc):
                 raise
             delay = random.uniform(*RETRY_DELAY_SECONDS)  # noqa: S311 - jitter, not a secret
-            if deadline - time.monotonic() <= delay:
+            if deadline - time.monotonic() <= delay + MIN_ATTEMPT_SECONDS:
                 raise
             await asyncio.sleep(delay)
 

@@ -14,7 +14,7 @@ from google.auth import crypt, jwt
 
 from app.credentials.types import ApiKeyCredential, GoogleCredential, ServiceAccountKey
 from app.metrics import ACCESS_TOKEN_MINTS
-from app.recaptcha.http import is_connect_refused, is_timeout, retry_after, send
+from app.recaptcha.http import retry_after, send, transport_failure
 from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailure
 from app.settings import GoogleAuthMode
 
@@ -57,7 +57,6 @@ class AccessTokenProvider:
         self._clock = clock
         self._tokens: dict[_CacheKey, _Token] = {}
         self._locks: dict[_CacheKey, asyncio.Lock] = {}
-        self._signers: dict[tuple[str, str], crypt.RSASigner] = {}
 
     async def auth_headers(self, cred: GoogleCredential, deadline: float) -> dict[str, str]:
         """Headers authenticating `cred`; `deadline` is a time.monotonic() instant."""
@@ -98,7 +97,6 @@ class AccessTokenProvider:
             raise _failure(UpstreamErrorKind.TIMEOUT, "access token not obtained in time") from None
 
     async def _mint(self, cred: ServiceAccountKey, deadline: float) -> _Token:
-        signer = await self._signer(cred)
         now = int(self._clock())
         claims: dict[str, Any] = {
             "iss": cred.client_email,
@@ -108,27 +106,11 @@ class AccessTokenProvider:
         }
         if self._mode is GoogleAuthMode.SELF_SIGNED_JWT:
             claims["sub"] = cred.client_email
-            return _Token(_sign(signer, claims), _refresh_at(now, TOKEN_LIFETIME_SECONDS))
+            return _Token(await _sign(cred, claims), _refresh_at(now, TOKEN_LIFETIME_SECONDS))
         claims["aud"] = cred.token_uri
-        value, lifetime = await self._exchange(cred.token_uri, _sign(signer, claims), deadline)
+        assertion = await _sign(cred, claims)
+        value, lifetime = await self._exchange(cred.token_uri, assertion, deadline)
         return _Token(value, _refresh_at(now, lifetime))
-
-    async def _signer(self, cred: ServiceAccountKey) -> crypt.RSASigner:
-        key = (cred.fingerprint, cred.private_key_id)
-        if (signer := self._signers.get(key)) is None:
-            try:
-                # Parsing (and validating) an RSA key takes ~35 ms of CPU: keep it off the
-                # event loop, and do it once per key.
-                parsed = await asyncio.to_thread(
-                    crypt.RSASigner.from_string, cred.private_key, cred.private_key_id
-                )
-            except Exception:
-                # No chaining: the parser's error may quote the key.
-                raise _failure(
-                    UpstreamErrorKind.CREDENTIALS_REJECTED, "private key is not usable"
-                ) from None
-            signer = self._signers[key] = parsed
-        return signer
 
     async def _exchange(self, token_uri: str, assertion: str, deadline: float) -> tuple[str, int]:
         try:
@@ -141,13 +123,8 @@ class AccessTokenProvider:
                 headers={"accept": "application/json"},
             )
         except httpx.HTTPError as exc:
-            if is_timeout(exc):
-                raise _failure(UpstreamErrorKind.TIMEOUT, "token endpoint timed out") from None
-            refused = is_connect_refused(exc)
-            detail = "token endpoint " + (
-                "refused the connection" if refused else "connection failed"
-            )
-            raise _failure(UpstreamErrorKind.UNREACHABLE, detail) from None
+            # Not chained: the httpx error carries the request, and the assertion is a credential.
+            raise transport_failure(exc, "token endpoint: ") from None
         status = response.status_code
         try:
             body = response.json()
@@ -177,7 +154,23 @@ class AccessTokenProvider:
         raise _failure(kind, detail, status, retry_after(response))
 
 
-def _sign(signer: crypt.RSASigner, claims: dict[str, Any]) -> str:
+async def _sign(cred: ServiceAccountKey, claims: dict[str, Any]) -> str:
+    """A JWT signed with the key of `cred` (header kid = private_key_id)."""
+    # Parsing and validating the RSA key costs ~35 ms of CPU: off the event loop, and done
+    # per mint (about hourly) rather than keeping parsed keys of replaced credentials around.
+    try:
+        return await asyncio.to_thread(_sign_blocking, cred, claims)
+    except Exception:
+        # No chaining: the parser's error may quote the key.
+        raise _failure(
+            UpstreamErrorKind.CREDENTIALS_REJECTED, "private key is not usable"
+        ) from None
+
+
+def _sign_blocking(cred: ServiceAccountKey, claims: dict[str, Any]) -> str:
+    signer = crypt.RSASigner.from_string(  # type: ignore[no-untyped-call]
+        cred.private_key, key_id=cred.private_key_id
+    )
     encoded: bytes = jwt.encode(signer, claims)  # type: ignore[no-untyped-call]
     return encoded.decode("ascii")
 

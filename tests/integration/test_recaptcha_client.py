@@ -475,7 +475,7 @@ async def test_deadline(http: httpx.AsyncClient, sa_cred: ServiceAccountKey, slo
         )
 
     assert error.failure.kind is UpstreamErrorKind.TIMEOUT
-    assert 0.2 <= time.monotonic() - started < 0.4
+    assert 0.19 <= time.monotonic() - started < 0.5
     assert [request.url for request in entered] == [ASSESSMENTS if slow == "google" else TOKEN_URI]
 
 
@@ -719,9 +719,9 @@ async def test_real_socket_dropped_after_request_is_not_resent(
     error = await upstream_error(client.create_assessment(api_cred, "acme", EVENT))
 
     assert error.failure.kind is UpstreamErrorKind.UNREACHABLE
-    # The case the transport reports as ConnectTimeout, like a refused connection.
-    assert isinstance(error.__cause__, httpx.ConnectTimeout)
-    assert isinstance(error.__cause__.__cause__, aiohttp.ServerDisconnectedError)
+    # The transport reports this as ConnectTimeout, like a refused connection.
+    assert error.failure.detail == "connection failed (ServerDisconnectedError)"
+    assert error.__cause__ is None
     await asyncio.sleep(0.3)  # a resend would arrive by now
     assert len(server.requests) == 1
 
@@ -738,7 +738,7 @@ async def test_real_socket_no_answer_times_out_at_the_deadline(
     error = await upstream_error(client.create_assessment(api_cred, "acme", EVENT))
 
     assert error.failure.kind is UpstreamErrorKind.TIMEOUT
-    assert 0.5 <= time.monotonic() - started < 0.7
+    assert 0.49 <= time.monotonic() - started < 0.8
     assert len(server.requests) == 1
 
 

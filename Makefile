@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make run` (start chargegate with embedded defaults)
+# and `make test` (the whole test suite). Both set up .venv from the lock files first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint openapi clean
+
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/chargegate serve
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+openapi: $(STAMP)
+	$(BIN)/chargegate openapi --output openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) var
