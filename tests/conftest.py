@@ -12,7 +12,8 @@ import base64
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,16 @@ def assessment_json(
             "createTime": created,
         },
     }
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> float:
+    """Seconds until `check` held; fails the test when it did not within `within` seconds."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > within:
+            pytest.fail(f"not seen within {within} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 async def count_rows(database_url: str, table: str) -> int:
