@@ -60,7 +60,7 @@ class RequestContextMiddleware:
 def _client_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_." for c in text):
                 return text
     return None

@@ -8,9 +8,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.models import AuditEntry
-from app.db import utcnow
+from app.db import table_of, utcnow
 
-_audit = AuditEntry.__table__
+_audit = table_of(AuditEntry)
 
 
 async def record(

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.models import ApiKey
-from app.db import utcnow
+from app.db import table_of, utcnow
 
 KEY_PREFIX = "cg_"
 BOOTSTRAP_ACTOR = "bootstrap"
@@ -101,7 +101,7 @@ class ApiKeyCache:
         return record.principal
 
     async def _load(self, key_sha: str) -> _KeyRecord | None:
-        table = ApiKey.__table__
+        table = table_of(ApiKey)
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth.keys import Role, hash_api_key, new_api_key, new_key_id
 from app.auth.models import ApiKey
+from app.db import table_of
 
-_api_keys = ApiKey.__table__
+_api_keys = table_of(ApiKey)
 
 
 async def insert_key(

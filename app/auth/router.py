@@ -5,18 +5,18 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from sqlalchemy import func, select
 
-from app.auth.deps import PlatformAdmin
 from app.auth import repository
+from app.auth.deps import PlatformAdmin
 from app.auth.keys import Role
 from app.auth.schemas import ApiKeyIn, ApiKeyOut
-from app.db import utcnow
+from app.db import table_of, utcnow
 from app.errors import InvalidRequest, NotFound
 from app.operators.models import Operator
 from app.services import ServicesDep
 
 router = APIRouter(tags=["platform"])
 
-_operators = Operator.__table__
+_operators = table_of(Operator)
 
 
 def _invalid(field: str, message: str) -> InvalidRequest:

@@ -56,6 +56,7 @@ def _check_token_uri(token_uri: str) -> None:
 
 def prepare(body: ServiceAccountKeyIn | ApiKeyIn) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validates an upload; returns (secret payload to seal, public metadata)."""
+    meta: dict[str, Any]
     if isinstance(body, ServiceAccountKeyIn):
         fingerprint = service_account_fingerprint(body.private_key)
         _check_token_uri(body.token_uri)

@@ -39,7 +39,7 @@ _TRANSIENT = {
 
 def backoff_seconds(attempts: int, base: float) -> float:
     """Capped exponential back-off with full jitter in its upper half."""
-    ceiling = min(MAX_BACKOFF_SECONDS, base * 2 ** min(attempts, 30))
+    ceiling = min(MAX_BACKOFF_SECONDS, base * 2.0 ** min(attempts, 30))
     return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -9,13 +10,13 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import insert_for
+from app.db import insert_for, table_of
 from app.decisions.models import AnnotationOutbox, Decision, IdempotencyRecord, TokenClaim
 
-_decisions = Decision.__table__
-_claims = TokenClaim.__table__
-_idempotency = IdempotencyRecord.__table__
-_outbox = AnnotationOutbox.__table__
+_decisions = table_of(Decision)
+_claims = table_of(TokenClaim)
+_idempotency = table_of(IdempotencyRecord)
+_outbox = table_of(AnnotationOutbox)
 
 RETENTION = timedelta(hours=25)
 
@@ -113,7 +114,10 @@ async def decision_page(
     return list((await conn.execute(query.limit(limit + 1))).all())
 
 
-async def decision_for_update(conn: AsyncConnection, decision_id: str) -> Row[Any] | None:
+OutcomeTarget = Row[Any, Any, Any, Any, Any]  # decision_id, operator_id, assessment_name, outcome, reasons
+
+
+async def decision_for_update(conn: AsyncConnection, decision_id: str) -> OutcomeTarget | None:
     query = (
         select(
             _decisions.c.decision_id,
@@ -130,16 +134,16 @@ async def decision_for_update(conn: AsyncConnection, decision_id: str) -> Row[An
 
 async def record_outcome(
     conn: AsyncConnection,
-    decision: Row[Any],
+    decision: OutcomeTarget,
     outcome: str,
-    reasons: list[str],
+    reasons: Sequence[str],
     now: datetime,
 ) -> None:
     """Sets the decision's outcome and queues its annotation, superseding an undelivered one."""
     await conn.execute(
         update(_decisions)
         .where(_decisions.c.decision_id == decision.decision_id)
-        .values(outcome=outcome, outcome_reasons=reasons, outcome_at=now)
+        .values(outcome=outcome, outcome_reasons=list(reasons), outcome_at=now)
     )
     await conn.execute(
         update(_outbox)

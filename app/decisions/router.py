@@ -9,7 +9,13 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
-from app.auth.deps import Authenticated, OperatorAdmin, OperatorIdPath, require_operator, require_role
+from app.auth.deps import (
+    Authenticated,
+    OperatorAdmin,
+    OperatorIdPath,
+    require_operator,
+    require_role,
+)
 from app.auth.keys import Role
 from app.db import utcnow
 from app.decisions import repository as repo

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from datetime import datetime
 import ipaddress
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints

@@ -11,11 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.credentials.models import StoredCredential
+from app.db import table_of
 from app.operators.models import Operator, Policy
 
-_operators = Operator.__table__
-_policies = Policy.__table__
-_credentials = StoredCredential.__table__
+_operators = table_of(Operator)
+_policies = table_of(Policy)
+_credentials = table_of(StoredCredential)
 
 
 async def create_operator(

@@ -18,6 +18,7 @@ from app.credentials.crypto import KeyRing
 from app.credentials.models import StoredCredential
 from app.credentials.store import unseal
 from app.credentials.types import GoogleCredential
+from app.db import table_of
 from app.operators.models import Policy
 from app.operators.policy import FailMode, Mode, PolicySnapshot
 
@@ -57,8 +58,8 @@ class OperatorStateCache:
         self._entries.pop(operator_id, None)
 
     async def _load(self, operator_id: str) -> OperatorState | None:
-        p = Policy.__table__
-        c = StoredCredential.__table__
+        p = table_of(Policy)
+        c = table_of(StoredCredential)
         query = (
             select(p, c.c.key_id, c.c.sealed, c.c.meta)
             .select_from(p.outerjoin(c, c.c.operator_id == p.c.operator_id))

@@ -242,7 +242,8 @@ async def test_patch_null_clears_site_key_and_project(acme: Gate) -> None:
     ],
 )
 async def test_patch_null_for_a_non_nullable_field_is_422(acme: Gate, field: str) -> None:
-    body = assert_problem(await patch(acme.client, {field: None, "mode": "monitor"}), 422)
+    companion = {"expected_action": "login"} if field != "expected_action" else {"mode": "monitor"}
+    body = assert_problem(await patch(acme.client, {field: None, **companion}), 422)
     assert [e["loc"] for e in body["errors"]] == [["body", field]]
     assert field in body["detail"]
     assert (await get_policy(acme.client))["version"] == 1
