@@ -8,13 +8,14 @@ that made the change drops its entry at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.credentials.crypto import KeyRing
+from app.credentials.crypto import KeyRing, KeyRingError
 from app.credentials.models import StoredCredential
 from app.credentials.store import unseal
 from app.credentials.types import GoogleCredential
@@ -22,12 +23,16 @@ from app.db import table_of
 from app.operators.models import Policy
 from app.operators.policy import FailMode, Mode, PolicySnapshot
 
+log = logging.getLogger("chargegate.operators")
+
 
 @dataclass(frozen=True, slots=True)
 class OperatorState:
     operator_id: str
     policy: PolicySnapshot
     credential: GoogleCredential | None
+    # Why stored credentials are unusable (e.g. their key left the key ring); never secret.
+    credential_error: str | None = None
 
 
 class OperatorStateCache:
@@ -86,9 +91,18 @@ class OperatorStateCache:
             memo_key = (operator_id, bytes(row.sealed))
             credential = self._unsealed.get(memo_key)
             if credential is None:
-                credential = unseal(
-                    self._keyring, operator_id, row.key_id, bytes(row.sealed), row.meta["fingerprint"]
-                )
+                try:
+                    credential = unseal(
+                        self._keyring, operator_id, row.key_id, bytes(row.sealed), row.meta["fingerprint"]
+                    )
+                except KeyRingError as exc:
+                    # Like missing credentials (authorize follows fail_mode), not a 500 for
+                    # every call: the public site key and the policy stay readable.
+                    log.error(
+                        "stored credentials cannot be decrypted",
+                        extra={"operator_id": operator_id, "error": str(exc)},
+                    )
+                    return OperatorState(operator_id, policy, None, credential_error=str(exc))
                 self._unsealed = {k: v for k, v in self._unsealed.items() if k[0] != operator_id}
                 self._unsealed[memo_key] = credential
         return OperatorState(operator_id, policy, credential)
