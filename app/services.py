@@ -33,9 +33,14 @@ class Services:
     outbox: AnnotationOutbox
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+async def _services_dependency(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread.
+    return services_of(request)
+
+
+ServicesDep = Annotated[Services, Depends(_services_dependency)]

@@ -9,7 +9,7 @@ from fastapi import Depends, Path, Request
 from app.auth.keys import Principal, Role
 from app.errors import Forbidden, Unauthorized
 from app.schemas import OPERATOR_ID_PATTERN
-from app.services import get_services
+from app.services import services_of
 
 
 async def authenticate(request: Request) -> Principal:
@@ -17,7 +17,7 @@ async def authenticate(request: Request) -> Principal:
     scheme, _, raw_key = header.partition(" ")
     if scheme.lower() != "bearer" or not raw_key.strip():
         raise Unauthorized()
-    principal = await get_services(request).api_keys.principal_for(raw_key.strip())
+    principal = await services_of(request).api_keys.principal_for(raw_key.strip())
     if principal is None:
         raise Unauthorized("The API key is unknown, revoked or expired.")
     return principal

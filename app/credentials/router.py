@@ -108,4 +108,4 @@ async def verify_credentials(
     state = await services.operators.get(operator_id)
     if state is None:
         raise NotFound(f"Operator {operator_id} does not exist.")
-    return await verify_configuration(services.recaptcha, state)
+    return await verify_configuration(services.recaptcha, state, services.settings.google_auth)

@@ -91,7 +91,8 @@ async def verify_configuration(
             site_check = _failed("site_key", f"could not read the key: {failure.kind}")
         return _result(cred_check, site_check, _not_run("score_based", "the site key could not be read"))
 
-    integration = (key.get("webSettings") or {}).get("integrationType")
+    web = key.get("webSettings")
+    integration = web.get("integrationType") if isinstance(web, dict) else None
     mobile = "androidSettings" in key or "iosSettings" in key
     score_based = integration == "SCORE" or (integration is None and mobile)
     return _result(

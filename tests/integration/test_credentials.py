@@ -422,10 +422,37 @@ async def test_a_sealed_row_moved_to_another_operator_is_not_used(
     await gate.set_policy("other", site_key=SITE_KEY, gcp_project_id=PROJECT)
     route = google.get(KEY_URL).respond(json=SCORE_KEY)
     response = await gate.client.post("/operators/other/credentials/verify", headers=ADMIN)
-    # acme's key must never be sent on behalf of another operator.
-    assert response.status_code == 500
+    # acme's key is never used on behalf of another operator, and nothing crashes.
+    checks = checks_of(response)
+    assert checks["credentials"]["ok"] is False
+    assert "decrypted" in checks["credentials"]["detail"]
     assert not route.called
     assert API_KEY not in response.text
+    # The public site key does not depend on the secret.
+    assert (await gate.client.get("/operators/other/site-key")).status_code == 200
+
+
+async def test_authorize_with_undecryptable_credentials_follows_fail_mode(
+    gate: Gate, google: respx.MockRouter, database: str
+) -> None:
+    await gate.protected_operator({"type": "api_key", "api_key": API_KEY})
+    backend = await gate.create_key("backend", ["acme"])
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("UPDATE credentials SET key_id = 'gone'")
+    finally:
+        await conn.close()
+    await asyncio.sleep(1.1)  # past the state cache's freshness
+    route = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(json=assessment_json())
+    response = await gate.client.post(
+        "/sessions/authorize", json={"operator_id": "acme", "token": "tok"}, headers=bearer(backend["key"])
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["decision"] == "deny"
+    assert body["reason"] == "upstream_unavailable"
+    assert body["upstream_error"] == "credentials_rejected"
+    assert not route.called
 
 
 # ---------------------------------------------------------------------------
