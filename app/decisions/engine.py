@@ -17,12 +17,12 @@ from app.recaptcha.types import Assessment, UpstreamErrorKind, UpstreamFailure
 class Reason(StrEnum):
     SCORE_OK = "score_ok"
     SCORE_BELOW_THRESHOLD = "score_below_threshold"
-    TOKEN_MISSING = "token_missing"
-    TOKEN_INVALID = "token_invalid"
-    TOKEN_REUSED = "token_reused"
+    TOKEN_MISSING = "token_missing"  # noqa: S105 - a reason, not a secret
+    TOKEN_INVALID = "token_invalid"  # noqa: S105 - a reason, not a secret
+    TOKEN_REUSED = "token_reused"  # noqa: S105 - a reason, not a secret
     ACTION_MISMATCH = "action_mismatch"
     HOSTNAME_MISMATCH = "hostname_mismatch"
-    TOKEN_TOO_OLD = "token_too_old"
+    TOKEN_TOO_OLD = "token_too_old"  # noqa: S105 - a reason, not a secret
     PROTECTION_DISABLED = "protection_disabled"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 

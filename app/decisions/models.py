@@ -12,7 +12,9 @@ from app.db import Base, UTCDateTime
 class Decision(Base):
     __tablename__ = "decisions"
     __table_args__ = (
-        Index("ix_decisions_operator_id_evaluated_at", "operator_id", "evaluated_at", "decision_id"),
+        Index(
+            "ix_decisions_operator_id_evaluated_at", "operator_id", "evaluated_at", "decision_id"
+        ),
     )
 
     decision_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -60,7 +62,9 @@ class AnnotationOutbox(Base):
     """Annotations waiting to reach Google; a row per outcome report that changed something."""
 
     __tablename__ = "annotation_outbox"
-    __table_args__ = (Index("ix_annotation_outbox_status_next_attempt_at", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_annotation_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True

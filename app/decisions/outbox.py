@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from datetime import timedelta
@@ -64,6 +65,8 @@ class AnnotationOutbox:
         last_purge = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            # Cleared before the round, so a report queued during it is not left for the next poll.
+            self._wake.clear()
             try:
                 await self.deliver_due()
                 if loop.time() - last_purge > PURGE_EVERY_SECONDS:
@@ -71,19 +74,22 @@ class AnnotationOutbox:
                     last_purge = loop.time()
             except Exception as exc:  # the database may be away; try again next round
                 log.warning("outbox round failed", extra={"error_type": type(exc).__name__})
-            self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-            except TimeoutError:
-                pass
 
     async def deliver_due(self) -> int:
         """One pass over the due annotations; returns how many were delivered."""
         delivered = 0
         for row in await repo.due_annotations(self._engine, utcnow(), BATCH):
-            if not await repo.lease_annotation(self._engine, row, utcnow() + LEASE):
+            leased_until = utcnow() + LEASE
+            if not await repo.lease_annotation(self._engine, row, leased_until):
                 continue
-            delivered += await self._deliver(row)
+            try:
+                delivered += await self._deliver(row)
+            except asyncio.CancelledError:
+                # Stopped mid-call: hand the annotation back now, not when the lease runs out.
+                await asyncio.shield(repo.release_annotation(self._engine, row.id, leased_until))
+                raise
         ANNOTATION_BACKLOG.set(await repo.pending_annotations(self._engine))
         return delivered
 
@@ -92,31 +98,49 @@ class AnnotationOutbox:
         state = await self._operators.get(row.operator_id)
         try:
             if state is None or state.credential is None:
-                raise UpstreamError(UpstreamFailure(UpstreamErrorKind.CREDENTIALS_REJECTED, detail="no credentials"))
-            await self._recaptcha.annotate(state.credential, row.assessment_name, row.annotation, row.reasons)
+                raise UpstreamError(
+                    UpstreamFailure(UpstreamErrorKind.CREDENTIALS_REJECTED, detail="no credentials")
+                )
+            await self._recaptcha.annotate(
+                state.credential, row.assessment_name, row.annotation, row.reasons
+            )
         except UpstreamError as exc:
             kind = exc.failure.kind
             attempts = row.attempts + 1
             missing_credentials = state is None or state.credential is None
-            if (kind in _TRANSIENT or missing_credentials) and now - row.created_at < DELIVERY_WINDOW:
+            retryable = kind in _TRANSIENT or missing_credentials
+            if retryable and now - row.created_at < DELIVERY_WINDOW:
                 retry_at = now + timedelta(seconds=backoff_seconds(attempts, self._poll_seconds))
                 await repo.finish_annotation(
-                    self._engine, row.id, attempts=attempts, next_attempt_at=retry_at, last_error=kind.value
+                    self._engine,
+                    row.id,
+                    attempts=attempts,
+                    next_attempt_at=retry_at,
+                    last_error=kind.value,
                 )
                 ANNOTATIONS.labels("retry").inc()
             else:
-                final = "expired" if kind in _TRANSIENT or missing_credentials else "rejected"
+                final = "expired" if retryable else "rejected"
                 await repo.finish_annotation(
                     self._engine, row.id, attempts=attempts, status=final, last_error=kind.value
                 )
                 ANNOTATIONS.labels(final).inc()
                 log.warning(
                     "annotation given up",
-                    extra={"decision_id": row.decision_id, "result": final, "upstream_error": kind.value},
+                    extra={
+                        "decision_id": row.decision_id,
+                        "result": final,
+                        "upstream_error": kind.value,
+                    },
                 )
             return 0
         await repo.finish_annotation(
-            self._engine, row.id, attempts=row.attempts + 1, status="delivered", delivered_at=utcnow(), last_error=None
+            self._engine,
+            row.id,
+            attempts=row.attempts + 1,
+            status="delivered",
+            delivered_at=utcnow(),
+            last_error=None,
         )
         ANNOTATIONS.labels("delivered").inc()
         return 1

@@ -10,7 +10,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import insert_for, table_of
+from app.db import insert_for, table_of, utcnow
 from app.decisions.models import AnnotationOutbox, Decision, IdempotencyRecord, TokenClaim
 
 _decisions = table_of(Decision)
@@ -46,7 +46,9 @@ async def record_decision(
             api_key_id, key = idempotency
             await conn.execute(
                 update(_idempotency)
-                .where(_idempotency.c.api_key_id == api_key_id, _idempotency.c.idempotency_key == key)
+                .where(
+                    _idempotency.c.api_key_id == api_key_id, _idempotency.c.idempotency_key == key
+                )
                 .values(response=response)
             )
 
@@ -57,7 +59,10 @@ async def claim_idempotency_key(
     statement = (
         insert_for(engine.dialect.name, _idempotency)
         .values(
-            api_key_id=api_key_id, idempotency_key=key, request_sha256=request_sha256, created_at=now
+            api_key_id=api_key_id,
+            idempotency_key=key,
+            request_sha256=request_sha256,
+            created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key"])
         .returning(_idempotency.c.api_key_id)
@@ -114,7 +119,8 @@ async def decision_page(
     return list((await conn.execute(query.limit(limit + 1))).all())
 
 
-OutcomeTarget = Row[Any, Any, Any, Any, Any]  # decision_id, operator_id, assessment_name, outcome, reasons
+# decision_id, operator_id, assessment_name, outcome, outcome_reasons
+OutcomeTarget = Row[Any, Any, Any, Any, Any]
 
 
 async def decision_for_update(conn: AsyncConnection, decision_id: str) -> OutcomeTarget | None:
@@ -189,6 +195,20 @@ async def lease_annotation(engine: AsyncEngine, row: Row[Any], until: datetime) 
             .values(next_attempt_at=until)
         )
     return result.rowcount == 1
+
+
+async def release_annotation(engine: AsyncEngine, outbox_id: int, leased_until: datetime) -> None:
+    """Gives back a lease this replica still holds, so the annotation is due at once."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(_outbox)
+            .where(
+                _outbox.c.id == outbox_id,
+                _outbox.c.status == "pending",
+                _outbox.c.next_attempt_at == leased_until,
+            )
+            .values(next_attempt_at=utcnow())
+        )
 
 
 async def finish_annotation(engine: AsyncEngine, outbox_id: int, **values: Any) -> None:

@@ -5,7 +5,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
@@ -46,8 +46,14 @@ def _idempotency_key(value: str | None) -> str | None:
         return None
     if not 1 <= len(value) <= 255 or not all(" " <= c <= "~" for c in value):
         raise InvalidRequest(
-            "Idempotency-Key must be 1–255 printable ASCII characters.",
-            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "1-255 printable ASCII characters", "type": "value_error"}],
+            "Idempotency-Key must be 1-255 printable ASCII characters.",
+            errors=[
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": "1-255 printable ASCII characters",
+                    "type": "value_error",
+                }
+            ],
         )
     return value
 
@@ -104,8 +110,11 @@ async def report_outcome(
         if decision is None or not principal.may_act_for(decision.operator_id):
             raise NotFound("No decision has that id.")
         if decision.assessment_name is None:
-            raise Conflict("This decision was made without an assessment; there is nothing to annotate.")
-        same_report = decision.outcome == body.outcome and sorted(decision.outcome_reasons or []) == sorted(reasons)
+            raise Conflict(
+                "This decision was made without an assessment; there is nothing to annotate."
+            )
+        previous_reasons = sorted(decision.outcome_reasons or [])
+        same_report = decision.outcome == body.outcome and previous_reasons == sorted(reasons)
         if not same_report:
             await repo.record_outcome(conn, decision, body.outcome, reasons, utcnow())
     services.outbox.wake()
@@ -132,9 +141,13 @@ async def list_decisions(
     if cursor:
         at_text, decision_id = decode_cursor(cursor, str, str)
         try:
-            before = (datetime.fromisoformat(at_text), decision_id)
+            at = datetime.fromisoformat(at_text)
         except ValueError:
             raise invalid_cursor() from None
+        if at.tzinfo is None:
+            # Only a forged cursor lacks the offset; comparing it would fail in the database.
+            raise invalid_cursor()
+        before = (at, decision_id)
     async with services.engine.connect() as conn:
         if not await operators_repo.operator_exists(conn, operator_id):
             raise NotFound(f"Operator {operator_id} does not exist.")

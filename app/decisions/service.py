@@ -50,6 +50,9 @@ class DecisionService:
         upstream_timeout: float,
     ) -> None:
         self._engine = engine
+        # Single statements on the hot path run in autocommit: one round trip each,
+        # instead of BEGIN + statement + COMMIT.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._operators = operators
         self._recaptcha = recaptcha
         # How long a duplicate waits for the first request before calling it abandoned.
@@ -68,13 +71,17 @@ class DecisionService:
         digest = request_digest(body)
         started = time.monotonic()
         while True:
-            if await repo.claim_idempotency_key(self._engine, principal.key_id, key, digest, utcnow()):
+            if await repo.claim_idempotency_key(
+                self._autocommit, principal.key_id, key, digest, utcnow()
+            ):
                 try:
                     return await self._authorize(principal, body, (principal.key_id, key))
                 except BaseException:
-                    await asyncio.shield(repo.release_idempotency_key(self._engine, principal.key_id, key))
+                    await asyncio.shield(
+                        repo.release_idempotency_key(self._engine, principal.key_id, key)
+                    )
                     raise
-            record = await repo.idempotency_record(self._engine, principal.key_id, key)
+            record = await repo.idempotency_record(self._autocommit, principal.key_id, key)
             if record is None:
                 continue  # the first request failed and let go of the key: run it now
             if record.request_sha256 != digest:
@@ -123,7 +130,9 @@ class DecisionService:
             "session_ref": body.session_ref,
             "evse_id": body.evse_id,
         }
-        await repo.record_decision(self._engine, row, idempotency, response)
+        # With an idempotency key the decision and the stored answer commit together.
+        writer = self._engine if idempotency else self._autocommit
+        await repo.record_decision(writer, row, idempotency, response)
         AUTHORIZE_DECISIONS.labels(
             body.operator_id, verdict.decision, verdict.reason.value, verdict.mode.value
         ).inc()
@@ -137,7 +146,7 @@ class DecisionService:
         evidence: decide.Evidence
         if not body.token:
             evidence = decide.TokenMissing()
-        elif not await repo.claim_token(self._engine, token_digest(body.token), utcnow()):
+        elif not await repo.claim_token(self._autocommit, token_digest(body.token), utcnow()):
             evidence = decide.TokenReused()
         else:
             evidence = await self._assess(state, body, body.token, expected_action)

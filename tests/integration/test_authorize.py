@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 import respx
+from cryptography.hazmat.primitives import serialization
 from google.auth import jwt
 
 from app.main import create_app
@@ -329,6 +330,23 @@ async def test_token_reuse_is_service_wide_across_operators(
     assert len(google_calls(google)) == 1
 
 
+async def test_concurrent_presentations_of_one_token_make_one_assessment(
+    gate: Gate, backend: dict[str, str], google: respx.MockRouter
+) -> None:
+    async def slow_google(_request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.2)
+        return httpx.Response(200, json=assessment_json())
+
+    route = google.post(ASSESSMENTS)
+    route.side_effect = slow_google
+    token = new_token()
+    answers = await asyncio.gather(*(authorize(gate, backend, token=token) for _ in range(8)))
+    reasons = sorted(answer["reason"] for answer in answers)
+    assert reasons == ["score_ok"] + ["token_reused"] * 7
+    assert len({answer["decision_id"] for answer in answers}) == 8
+    assert route.call_count == 1
+
+
 async def test_a_token_google_failed_on_is_not_sent_again(
     gate: Gate, backend: dict[str, str], assessments: respx.Route
 ) -> None:
@@ -552,8 +570,6 @@ async def test_api_key_credentials_are_sent_as_x_goog_api_key(
 
 
 def _public_pem(private_pem: str) -> str:
-    from cryptography.hazmat.primitives import serialization
-
     key = serialization.load_pem_private_key(private_pem.encode(), password=None)
     return (
         key.public_key()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await check():
-        assert loop.time() < deadline, "condition not reached in time"
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {check}")
         await asyncio.sleep(0.02)
 
 
@@ -367,7 +369,7 @@ async def test_delivery_survives_a_restart(
 
         async def tried() -> bool:
             rows = await outbox(database)
-            return rows[0]["attempts"] >= 1 and rows[0]["last_error"] == "server_error"
+            return bool(rows[0]["attempts"] >= 1 and rows[0]["last_error"] == "server_error")
 
         await eventually(tried)
     # The app is stopped; the annotation is still owed.
@@ -409,3 +411,23 @@ async def test_a_delivery_cut_short_by_a_shutdown_is_made_by_the_next_app(
     async with running(create_app(settings)):
         await eventually(lambda: delivered(database))
     assert sent(route) == {"annotation": "LEGITIMATE", "reasons": ["TRANSACTION_ACCEPTED"]}
+
+
+async def test_a_report_wakes_the_outbox_without_waiting_for_its_poll(
+    make_settings: Any, google: respx.MockRouter, service_account: dict[str, str], database: str
+) -> None:
+    google.post(ASSESSMENTS).respond(json=assessment_json())
+    route = google.post(ANNOTATE).respond(json={})
+    async with running(create_app(make_settings(outbox_poll_seconds=60))) as client:
+        gate = Gate(client)
+        await gate.protected_operator(service_account)
+        backend = bearer((await gate.create_key("backend", ["acme"]))["key"])
+        decision = await assessed_decision(gate, backend)
+        for outcome in ("legitimate", "fraudulent"):
+            await report(gate, backend, decision, outcome, [])
+            await eventually(functools.partial(_sent_outcome, route, outcome.upper()), timeout=2)
+    assert route.call_count == 2
+
+
+async def _sent_outcome(route: respx.Route, annotation: str) -> bool:
+    return route.called and sent(route)["annotation"] == annotation
