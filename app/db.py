@@ -65,8 +65,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
-        pool_size=10,
-        max_overflow=20,
+        # A fixed pool: overflow connections would be opened and closed under every burst,
+        # and opening one costs far more than waiting a moment for a pooled one.
+        pool_size=settings.database_pool_size,
+        max_overflow=0,
         pool_timeout=5,
         # A short connect timeout keeps /readyz and requests answering while Postgres is down.
         connect_args={"timeout": 3, "server_settings": {"application_name": "chargegate"}},

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHARGEGATE_", extra="ignore", frozen=True)
 
     database_url: str | None = None
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     var_dir: Path = Path("var")
 
     recaptcha_base_url: str = "https://recaptchaenterprise.googleapis.com"
