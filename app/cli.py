@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     admin = commands.add_parser("create-admin-key", help="print a new platform_admin API key")
     admin.add_argument("--name", default="admin (created with the CLI)")
 
+    emulator = commands.add_parser(
+        "emulator", help="run the offline reCAPTCHA Enterprise emulator (development and tests)"
+    )
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8085)
+
     export = commands.add_parser("openapi", help="print the OpenAPI document")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         if settings.is_embedded_database:
             migrate(settings)
         print(asyncio.run(_create_admin_key(settings, args.name)))
+    elif args.command == "emulator":
+        from app.recaptcha.emulator import run
+
+        run(args.host, args.port)
     elif args.command == "openapi":
         document = export_openapi()
         if args.output:

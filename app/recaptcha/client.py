@@ -128,7 +128,7 @@ class RecaptchaClient:
                     UpstreamErrorKind.BAD_RESPONSE, "answer is not a JSON object", status
                 )
             return body
-        if status in (401, 403):
+        if status in (401, 403) or _api_key_invalid(response):
             # A revoked or expired access token: the next call mints a new one.
             self._tokens.forget(cred)
             kind = UpstreamErrorKind.CREDENTIALS_REJECTED
@@ -152,6 +152,17 @@ def _segment(value: str, what: str) -> str:
     if not _SEGMENT.match(value):
         raise _failure(UpstreamErrorKind.BAD_REQUEST, f"invalid {what}")
     return value
+
+
+def _api_key_invalid(response: httpx.Response) -> bool:
+    """Google refuses a bad API key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID."""
+    if response.status_code != 400:
+        return False
+    try:
+        details = response.json()["error"]["details"]
+        return any(d.get("reason") == "API_KEY_INVALID" for d in details if isinstance(d, dict))
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _error_detail(response: httpx.Response) -> str:
