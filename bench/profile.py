@@ -65,8 +65,19 @@ def main() -> int:
                 load.start()
                 profile = out / "profile.txt"
                 subprocess.run(
-                    [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--duration",
-                     str(args.seconds), "--format", "raw", "--output", str(profile), "--nonblocking"],
+                    [
+                        str(BIN / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(proc.pid),
+                        "--duration",
+                        str(args.seconds),
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(profile),
+                        "--nonblocking",
+                    ],
                     check=True,
                 )
                 load.join()

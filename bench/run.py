@@ -85,8 +85,16 @@ def wait_for(url: str, seconds: float = 30.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def process(
+    args: list[str], env: dict[str, str], ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(ready_url)
         yield proc
@@ -112,16 +120,32 @@ def rss_mb(pid: int) -> float:
 def wrk(url: str, connections: int, seconds: int, api_key: str) -> dict[str, int]:
     threads = min(2, connections)
     output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-         "-s", str(ROOT / "bench" / "authorize.lua"), url, "--", api_key, secrets.token_hex(4)],
-        check=True, capture_output=True, text=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "authorize.lua"),
+            url,
+            "--",
+            api_key,
+            secrets.token_hex(4),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     result: dict[str, int] = json.loads(line.removeprefix("WRK_JSON "))
     return result
 
 
-def measure(target: str, base_url: str, pid: int, scenario: Scenario, seconds: int, api_key: str) -> Sample:
+def measure(
+    target: str, base_url: str, pid: int, scenario: Scenario, seconds: int, api_key: str
+) -> Sample:
     before = cpu_seconds(pid)
     result = wrk(base_url, scenario.connections, seconds, api_key)
     used = cpu_seconds(pid) - before
@@ -139,10 +163,15 @@ def measure(target: str, base_url: str, pid: int, scenario: Scenario, seconds: i
 
 def service_account() -> dict[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     return {
-        "type": "service_account", "project_id": "bench-project", "private_key_id": "bench-key-1",
-        "private_key": pem, "client_email": "bench@bench-project.iam.gserviceaccount.com",
+        "type": "service_account",
+        "project_id": "bench-project",
+        "private_key_id": "bench-key-1",
+        "private_key": pem,
+        "client_email": "bench@bench-project.iam.gserviceaccount.com",
         "token_uri": "https://oauth2.googleapis.com/token",
     }
 
@@ -152,13 +181,24 @@ def set_up_chargegate(base_url: str) -> str:
     with httpx.Client(base_url=base_url, headers=admin, timeout=10) as client:
         client.post("/operators", json={"operator_id": "bench", "name": "Bench"}).raise_for_status()
         client.put("/operators/bench/credentials", json=service_account()).raise_for_status()
-        client.patch("/operators/bench/policy", json={
-            "enabled": True, "site_key": "bench-site-key", "gcp_project_id": "bench-project",
-        }).raise_for_status()
-        key = client.post("/api-keys", json={"name": "bench", "role": "backend", "operator_ids": ["bench"]})
+        client.patch(
+            "/operators/bench/policy",
+            json={
+                "enabled": True,
+                "site_key": "bench-site-key",
+                "gcp_project_id": "bench-project",
+            },
+        ).raise_for_status()
+        key = client.post(
+            "/api-keys", json={"name": "bench", "role": "backend", "operator_ids": ["bench"]}
+        )
         key.raise_for_status()
         api_key: str = key.json()["key"]
         return api_key
+
+
+def _floor_key(base_url: str) -> str:
+    return "floor"  # the floor checks no key
 
 
 def token_mints(base_url: str) -> float:
@@ -175,11 +215,21 @@ async def _sql(dsn: str, statement: str) -> None:
         await conn.close()
 
 
-def run_target(target: str, args: list[str], env: dict[str, str], port: int, upstream: str,
-               runs: int, seconds: int, api_key_for: Any) -> tuple[list[Sample], dict[str, float]]:
+def run_target(
+    target: str,
+    args: list[str],
+    env: dict[str, str],
+    port: int,
+    upstream: str,
+    runs: int,
+    seconds: int,
+    api_key_for: Any,
+) -> tuple[list[Sample], dict[str, float]]:
     base_url = f"http://127.0.0.1:{port}"
     samples: list[Sample] = []
-    with process(args, env, f"{base_url}/healthz" if target == "chargegate" else f"{base_url}/docs") as proc:
+    with process(
+        args, env, f"{base_url}/healthz" if target == "chargegate" else f"{base_url}/docs"
+    ) as proc:
         api_key = api_key_for(base_url)
         wrk(base_url, 16, 2, api_key)  # warm-up: pools, caches, the access token
         mints_before = token_mints(base_url) if target == "chargegate" else 0.0
@@ -201,19 +251,24 @@ def median_table(samples: list[Sample]) -> list[dict[str, Any]]:
             group = [s for s in samples if s.target == target and s.scenario == scenario.name]
             if not group:
                 continue
-            rows.append({
-                "target": target, "scenario": scenario.name,
-                "rps": statistics.median(s.rps for s in group),
-                "p50_ms": statistics.median(s.p50_ms for s in group),
-                "p99_ms": statistics.median(s.p99_ms for s in group),
-                "cpu_us_per_request": statistics.median(s.cpu_us_per_request for s in group),
-                "errors": sum(s.errors for s in group),
-            })
+            rows.append(
+                {
+                    "target": target,
+                    "scenario": scenario.name,
+                    "rps": statistics.median(s.rps for s in group),
+                    "p50_ms": statistics.median(s.p50_ms for s in group),
+                    "p99_ms": statistics.median(s.p99_ms for s in group),
+                    "cpu_us_per_request": statistics.median(s.cpu_us_per_request for s in group),
+                    "errors": sum(s.errors for s in group),
+                }
+            )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--targets", default="chargegate,floor,floor-aiohttp")
@@ -230,25 +285,56 @@ def main() -> int:
         env = {
             "CHARGEGATE_DATABASE_URL": dsn,
             "CHARGEGATE_RECAPTCHA_BASE_URL": upstream,
-            "CHARGEGATE_ENCRYPTION_KEYS": "bench:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "CHARGEGATE_ENCRYPTION_KEYS": "bench:"
+            + base64.b64encode(secrets.token_bytes(32)).decode(),
             "CHARGEGATE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
             "CHARGEGATE_LOG_LEVEL": "WARNING",
         }
-        subprocess.run([str(BIN / "chargegate"), "migrate"], env={**os.environ, **env}, check=True, cwd=ROOT)
-        with process([str(BIN / "python"), "-m", "bench.fake_google", "--port", str(upstream_port)], {}, f"{upstream}/_delay"):
+        subprocess.run(
+            [str(BIN / "chargegate"), "migrate"], env={**os.environ, **env}, check=True, cwd=ROOT
+        )
+        with process(
+            [str(BIN / "python"), "-m", "bench.fake_google", "--port", str(upstream_port)],
+            {},
+            f"{upstream}/_delay",
+        ):
             for target in args.targets.split(","):
                 port = free_port()
                 if target == "chargegate":
-                    command = [str(BIN / "chargegate"), "serve", "--port", str(port), "--workers", "1"]
+                    command = [
+                        str(BIN / "chargegate"),
+                        "serve",
+                        "--port",
+                        str(port),
+                        "--workers",
+                        "1",
+                    ]
                     target_env, key_for = env, set_up_chargegate
                 else:
-                    command = [str(BIN / "uvicorn"), "bench.floor:app", "--port", str(port), "--workers", "1",
-                               "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-                    target_env = {"FLOOR_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
-                                  "FLOOR_UPSTREAM": upstream,
-                                  "FLOOR_CLIENT": "aiohttp" if target == "floor-aiohttp" else "chargegate"}
-                    key_for = lambda _url: "floor"  # noqa: E731
-                target_samples, extra = run_target(target, command, target_env, port, upstream, args.runs, args.seconds, key_for)
+                    command = [
+                        str(BIN / "uvicorn"),
+                        "bench.floor:app",
+                        "--port",
+                        str(port),
+                        "--workers",
+                        "1",
+                        "--loop",
+                        "uvloop",
+                        "--http",
+                        "httptools",
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                    ]
+                    target_env = {
+                        "FLOOR_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
+                        "FLOOR_UPSTREAM": upstream,
+                        "FLOOR_CLIENT": "aiohttp" if target == "floor-aiohttp" else "chargegate",
+                    }
+                    key_for = _floor_key
+                target_samples, extra = run_target(
+                    target, command, target_env, port, upstream, args.runs, args.seconds, key_for
+                )
                 samples += target_samples
                 extras[target] = extra
     finally:
@@ -258,19 +344,34 @@ def main() -> int:
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"authorize-{stamp}.json").write_text(json.dumps({"samples": [asdict(s) for s in samples], "medians": rows, "extras": extras}, indent=2))
+    (out / f"authorize-{stamp}.json").write_text(
+        json.dumps(
+            {"samples": [asdict(s) for s in samples], "medians": rows, "extras": extras}, indent=2
+        )
+    )
     print(f"runs per cell: {args.runs} x {args.seconds}s; medians\n")
     print("| target | load | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['target']} | {row['scenario']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['cpu_us_per_request']:.0f} | {row['errors']} |")
+        cells = [
+            row["target"],
+            row["scenario"],
+            f"{row['rps']:.0f}",
+            f"{row['p50_ms']:.2f}",
+            f"{row['p99_ms']:.2f}",
+            f"{row['cpu_us_per_request']:.0f}",
+            str(row["errors"]),
+        ]
+        print("| " + " | ".join(cells) + " |")
     floor = {r["scenario"]: r for r in rows if r["target"] == "floor"}
     print()
     for row in rows:
         if row["target"] == "chargegate" and row["scenario"] in floor:
             base = floor[row["scenario"]]
-            print(f"- {row['scenario']}: throughput {row['rps'] / base['rps']:.2f}x floor, "
-                  f"p99 {row['p99_ms'] - base['p99_ms']:+.2f} ms vs floor")
+            print(
+                f"- {row['scenario']}: throughput {row['rps'] / base['rps']:.2f}x floor, "
+                f"p99 {row['p99_ms'] - base['p99_ms']:+.2f} ms vs floor"
+            )
     for target, extra in extras.items():
         print(f"- {target}: " + ", ".join(f"{k} {v:.1f}" for k, v in extra.items()))
     return 0

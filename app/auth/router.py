@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
@@ -21,7 +22,8 @@ _operators = table_of(Operator)
 
 def _invalid(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(
-        f"{field}: {message}", errors=[{"loc": ["body", field], "msg": message, "type": "value_error"}]
+        f"{field}: {message}",
+        errors=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
     )
 
 
@@ -30,24 +32,32 @@ def _invalid(field: str, message: str) -> InvalidRequest:
     status_code=201,
     response_model=ApiKeyOut,
     operation_id="createApiKey",
-    responses={401: {"description": "Unauthorized"}, 403: {"description": "Not a platform_admin key"}},
+    responses={
+        401: {"description": "Unauthorized"},
+        403: {"description": "Not a platform_admin key"},
+    },
 )
-async def create_api_key(body: ApiKeyIn, principal: PlatformAdmin, services: ServicesDep) -> ApiKeyOut:
+async def create_api_key(
+    body: ApiKeyIn, principal: PlatformAdmin, services: ServicesDep
+) -> ApiKeyOut:
     now = utcnow()
+    expires_at = body.expires_at.astimezone(UTC) if body.expires_at is not None else None
     if body.operator_ids is None and body.role is Role.OPERATOR_ADMIN:
         raise _invalid("operator_ids", "an operator_admin key must name its operators")
-    if body.expires_at is not None and body.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         raise _invalid("expires_at", "must be in the future")
     operator_ids = sorted(set(body.operator_ids)) if body.operator_ids is not None else None
     async with services.engine.begin() as conn:
         if operator_ids is not None:
             known = await conn.scalar(
-                select(func.count()).select_from(_operators).where(_operators.c.operator_id.in_(operator_ids))
+                select(func.count())
+                .select_from(_operators)
+                .where(_operators.c.operator_id.in_(operator_ids))
             )
             if known != len(operator_ids):
                 raise _invalid("operator_ids", "names an operator that does not exist")
         key_id, raw_key = await repository.insert_key(
-            conn, body.name, body.role, operator_ids, body.expires_at, now
+            conn, body.name, body.role, operator_ids, expires_at, now
         )
     return ApiKeyOut(
         id=key_id,
@@ -56,7 +66,7 @@ async def create_api_key(body: ApiKeyIn, principal: PlatformAdmin, services: Ser
         role=body.role,
         operator_ids=operator_ids,
         created_at=now,
-        expires_at=body.expires_at,
+        expires_at=expires_at,
     )
 
 

@@ -44,7 +44,9 @@ class KeyRing:
         for position, entry in enumerate(filter(None, (e.strip() for e in value.split(","))), 1):
             kid, sep, encoded = entry.partition(":")
             if not sep or not _KID.match(kid):
-                raise KeyRingError(f"entry {position} must look like kid:base64 (kid: A-Z a-z 0-9 _ . -)")
+                raise KeyRingError(
+                    f"entry {position} must look like kid:base64 (kid: A-Z a-z 0-9 _ . -)"
+                )
             try:
                 key = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
@@ -70,7 +72,9 @@ class KeyRing:
         try:
             return cipher.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated)
         except InvalidTag:
-            raise KeyRingError(f"a secret sealed under key {key_id} does not authenticate") from None
+            raise KeyRingError(
+                f"a secret sealed under key {key_id} does not authenticate"
+            ) from None
 
 
 def new_key_entry(kid: str) -> str:
@@ -83,8 +87,8 @@ def load_keyring(settings: Settings) -> KeyRing:
         return KeyRing.parse(settings.encryption_keys.get_secret_value())
     if not settings.is_embedded_database and not settings.allow_insecure_defaults:
         raise KeyRingError(
-            "CHARGEGATE_ENCRYPTION_KEYS is not set. With a PostgreSQL database the key ring must be "
-            "given explicitly, e.g. CHARGEGATE_ENCRYPTION_KEYS=k1:$(openssl rand -base64 32); "
+            "CHARGEGATE_ENCRYPTION_KEYS is not set. With a PostgreSQL database the key ring must "
+            "be given explicitly, e.g. CHARGEGATE_ENCRYPTION_KEYS=k1:$(openssl rand -base64 32); "
             "set CHARGEGATE_ALLOW_INSECURE_DEFAULTS=true only for a throw-away development setup."
         )
     path = settings.var_dir / DEV_KEY_FILE

@@ -35,19 +35,28 @@ def _public(meta: dict[str, Any]) -> CredentialsMetadata:
     responses=_ERRORS,
 )
 async def put_credentials(
-    operator_id: OperatorIdPath, body: CredentialsIn, principal: OperatorAdmin, services: ServicesDep
+    operator_id: OperatorIdPath,
+    body: CredentialsIn,
+    principal: OperatorAdmin,
+    services: ServicesDep,
 ) -> CredentialsMetadata:
     payload, meta = store.prepare(body)
-    now = utcnow()
     async with services.engine.begin() as conn:
-        if not await repo.operator_exists(conn, operator_id):
+        # The policy row is the operator's write lock: concurrent uploads (and a concurrent
+        # delete or enable) queue up instead of racing to insert the one credentials row.
+        if await repo.policy_row(conn, operator_id, for_update=True) is None:
             raise NotFound(f"Operator {operator_id} does not exist.")
+        now = utcnow()
         old = await repo.credential_meta(conn, operator_id)
         meta["updated_at"] = rfc3339(now)
         key_id, sealed = store.seal(services.keyring, operator_id, payload)
         await repo.put_credential(conn, operator_id, meta["type"], meta, key_id, sealed, now)
         await audit.record(
-            conn, operator_id, principal.key_id, "credentials.replaced", {"credentials": {"old": old, "new": meta}}
+            conn,
+            operator_id,
+            principal.key_id,
+            "credentials.replaced",
+            {"credentials": {"old": old, "new": meta}},
         )
     services.operators.invalidate(operator_id)
     return _public(meta)
@@ -89,7 +98,11 @@ async def delete_credentials(
             raise Conflict("The policy is enabled; disable it before deleting its credentials.")
         await repo.delete_credential(conn, operator_id)
         await audit.record(
-            conn, operator_id, principal.key_id, "credentials.deleted", {"credentials": {"old": old, "new": None}}
+            conn,
+            operator_id,
+            principal.key_id,
+            "credentials.deleted",
+            {"credentials": {"old": old, "new": None}},
         )
     services.operators.invalidate(operator_id)
     return Response(status_code=204)

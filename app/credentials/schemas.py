@@ -29,7 +29,9 @@ class ServiceAccountKeyIn(StrictModel):
 
 class ApiKeyIn(StrictModel):
     type: Literal["api_key"]
-    api_key: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")]
+    api_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$")
+    ]
 
 
 CredentialsIn = Annotated[ServiceAccountKeyIn | ApiKeyIn, Field(discriminator="type")]

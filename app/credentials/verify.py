@@ -59,13 +59,17 @@ async def verify_configuration(
         )
     # Only the OAuth token exchange asks Google; a self-signed JWT or an API key is only
     # judged by the first real call, so until then the credentials are unconfirmed.
-    exchanged = isinstance(credential, ServiceAccountKey) and auth_mode is GoogleAuthMode.TOKEN_EXCHANGE
+    exchanged = (
+        isinstance(credential, ServiceAccountKey) and auth_mode is GoogleAuthMode.TOKEN_EXCHANGE
+    )
     accepted = _ok("credentials", "Google accepted the credentials")
 
     if not policy.site_key or not policy.gcp_project_id:
         missing = "site_key" if not policy.site_key else "gcp_project_id"
         return _result(
-            accepted if exchanged else _not_run("credentials", f"the policy has no {missing} to ask Google about"),
+            accepted
+            if exchanged
+            else _not_run("credentials", f"the policy has no {missing} to ask Google about"),
             _not_run("site_key", f"the policy has no {missing}"),
             _not_run("score_based", f"the policy has no {missing}"),
         )
@@ -86,10 +90,14 @@ async def verify_configuration(
         else:
             cred_check = _not_run("credentials", f"Google did not answer ({failure.kind})")
         if failure.status == 404:
-            site_check = _failed("site_key", f"site key not found in project {policy.gcp_project_id}")
+            site_check = _failed(
+                "site_key", f"site key not found in project {policy.gcp_project_id}"
+            )
         else:
             site_check = _failed("site_key", f"could not read the key: {failure.kind}")
-        return _result(cred_check, site_check, _not_run("score_based", "the site key could not be read"))
+        return _result(
+            cred_check, site_check, _not_run("score_based", "the site key could not be read")
+        )
 
     web = key.get("webSettings")
     integration = web.get("integrationType") if isinstance(web, dict) else None
@@ -101,6 +109,8 @@ async def verify_configuration(
         VerifyCheck(
             name="score_based",
             ok=score_based,
-            detail="score-based key" if score_based else f"not a score-based key ({integration or 'unknown type'})",
+            detail="score-based key"
+            if score_based
+            else f"not a score-based key ({integration or 'unknown type'})",
         ),
     )

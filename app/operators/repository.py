@@ -20,7 +20,12 @@ _credentials = table_of(StoredCredential)
 
 
 async def create_operator(
-    conn: AsyncConnection, operator_id: str, name: str, policy: dict[str, Any], now: datetime, actor: str
+    conn: AsyncConnection,
+    operator_id: str,
+    name: str,
+    policy: dict[str, Any],
+    now: datetime,
+    actor: str,
 ) -> bool:
     """False when the operator exists already."""
     try:
@@ -51,7 +56,9 @@ async def operator_exists(conn: AsyncConnection, operator_id: str) -> bool:
     return (await conn.execute(query)).first() is not None
 
 
-async def policy_row(conn: AsyncConnection, operator_id: str, *, for_update: bool = False) -> Row[Any] | None:
+async def policy_row(
+    conn: AsyncConnection, operator_id: str, *, for_update: bool = False
+) -> Row[Any] | None:
     query = select(_policies).where(_policies.c.operator_id == operator_id)
     if for_update:
         query = query.with_for_update()
@@ -59,7 +66,12 @@ async def policy_row(conn: AsyncConnection, operator_id: str, *, for_update: boo
 
 
 async def save_policy(
-    conn: AsyncConnection, operator_id: str, values: dict[str, Any], version: int, now: datetime, actor: str
+    conn: AsyncConnection,
+    operator_id: str,
+    values: dict[str, Any],
+    version: int,
+    now: datetime,
+    actor: str,
 ) -> None:
     await conn.execute(
         update(_policies)
@@ -91,7 +103,12 @@ async def put_credential(
     await conn.execute(delete(_credentials).where(_credentials.c.operator_id == operator_id))
     await conn.execute(
         insert(_credentials).values(
-            operator_id=operator_id, type=kind, meta=meta, key_id=key_id, sealed=sealed, updated_at=now
+            operator_id=operator_id,
+            type=kind,
+            meta=meta,
+            key_id=key_id,
+            sealed=sealed,
+            updated_at=now,
         )
     )
 

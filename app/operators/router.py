@@ -47,11 +47,18 @@ _OPERATOR_ERRORS: dict[int | str, dict[str, Any]] = {
     operation_id="createOperator",
     responses={**_UNAUTHORIZED, 409: {"description": "The operator exists already"}},
 )
-async def create_operator(body: OperatorIn, principal: PlatformAdmin, services: ServicesDep) -> OperatorOut:
+async def create_operator(
+    body: OperatorIn, principal: PlatformAdmin, services: ServicesDep
+) -> OperatorOut:
     now = utcnow()
     async with services.engine.begin() as conn:
         created = await repo.create_operator(
-            conn, body.operator_id, body.name, service.default_policy_values(), now, principal.key_id
+            conn,
+            body.operator_id,
+            body.name,
+            service.default_policy_values(),
+            now,
+            principal.key_id,
         )
     if not created:
         raise Conflict(f"Operator {body.operator_id} exists already.")
@@ -72,7 +79,10 @@ async def list_operators(
     after = decode_cursor(cursor, str)[0] if cursor else None
     async with services.engine.connect() as conn:
         rows = await repo.operator_page(conn, limit, after)
-    items = [OperatorOut(operator_id=r.operator_id, name=r.name, created_at=r.created_at) for r in rows[:limit]]
+    items = [
+        OperatorOut(operator_id=r.operator_id, name=r.name, created_at=r.created_at)
+        for r in rows[:limit]
+    ]
     next_cursor = encode_cursor(items[-1].operator_id) if len(rows) > limit else None
     return OperatorPage(items=items, next_cursor=next_cursor)
 
@@ -84,11 +94,16 @@ async def list_operators(
     operation_id="getSiteKey",
     responses={404: {"description": "Unknown operator"}},
 )
-async def get_site_key(operator_id: OperatorIdPath, services: ServicesDep, response: Response) -> SiteKeyOut:
+async def get_site_key(
+    operator_id: OperatorIdPath, services: ServicesDep, response: Response
+) -> SiteKeyOut:
     response.headers["Access-Control-Allow-Origin"] = "*"
     state = await services.operators.get(operator_id)
     if state is None:
-        raise NotFound(f"Operator {operator_id} does not exist.")
+        # With CORS on the 404 too, a portal on another origin can tell "unknown" from "blocked".
+        raise NotFound(
+            f"Operator {operator_id} does not exist.", headers={"Access-Control-Allow-Origin": "*"}
+        )
     response.headers["Cache-Control"] = "public, max-age=60"
     policy = state.policy
     site_key = policy.site_key if policy.enabled else None
@@ -97,7 +112,9 @@ async def get_site_key(operator_id: OperatorIdPath, services: ServicesDep, respo
         enabled=policy.enabled,
         site_key=site_key,
         action=policy.expected_action,
-        script_url=f"{services.settings.recaptcha_script_url}?render={site_key}" if site_key else None,
+        script_url=f"{services.settings.recaptcha_script_url}?render={site_key}"
+        if site_key
+        else None,
     )
 
 
@@ -134,7 +151,10 @@ async def get_policy(
     response_model=PolicyOut,
     tags=["operator"],
     operation_id="replacePolicy",
-    responses={**_OPERATOR_ERRORS, 412: {"description": "If-Match does not match the current ETag"}},
+    responses={
+        **_OPERATOR_ERRORS,
+        412: {"description": "If-Match does not match the current ETag"},
+    },
 )
 async def put_policy(
     operator_id: OperatorIdPath,
@@ -156,7 +176,10 @@ async def put_policy(
     response_model=PolicyOut,
     tags=["operator"],
     operation_id="patchPolicy",
-    responses={**_OPERATOR_ERRORS, 412: {"description": "If-Match does not match the current ETag"}},
+    responses={
+        **_OPERATOR_ERRORS,
+        412: {"description": "If-Match does not match the current ETag"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -176,7 +199,11 @@ async def patch_policy(
     if_match: IfMatch = None,
 ) -> PolicyOut:
     policy = await service.update_policy(
-        services, operator_id, principal.key_id, if_match, lambda current: service.merge_patch(current, patch)
+        services,
+        operator_id,
+        principal.key_id,
+        if_match,
+        lambda current: service.merge_patch(current, patch),
     )
     response.headers["ETag"] = service.etag(policy.version)
     return policy
@@ -201,6 +228,9 @@ async def list_audit_log(
         if not await repo.operator_exists(conn, operator_id):
             raise NotFound(f"Operator {operator_id} does not exist.")
         rows = await audit.page(conn, operator_id, limit, before)
-    items = [AuditEntryOut(at=r.at, actor=r.actor, action=r.action, changes=r.changes) for r in rows[:limit]]
+    items = [
+        AuditEntryOut(at=r.at, actor=r.actor, action=r.action, changes=r.changes)
+        for r in rows[:limit]
+    ]
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return AuditPage(items=items, next_cursor=next_cursor)

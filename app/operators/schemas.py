@@ -7,7 +7,9 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_
 
 from app.schemas import NoNul, OperatorId, StrictModel
 
-READ_ONLY_POLICY_FIELDS = frozenset({"version", "updated_at", "updated_by", "credentials_configured"})
+READ_ONLY_POLICY_FIELDS = frozenset(
+    {"version", "updated_at", "updated_by", "credentials_configured"}
+)
 NULLABLE_POLICY_FIELDS = frozenset({"site_key", "gcp_project_id"})
 
 _HOSTNAME = (
@@ -25,7 +27,9 @@ Hostname = Annotated[
 ]
 ActionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_/]{1,100}$")]
 SiteKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,100}$")]
-ProjectId = Annotated[str, StringConstraints(pattern=r"^(?:[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})$")]
+ProjectId = Annotated[
+    str, StringConstraints(pattern=r"^(?:[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})$")
+]
 
 
 class PolicyFields(StrictModel):

@@ -79,9 +79,17 @@ def merge_patch(current: dict[str, Any], patch: dict[str, Any]) -> PolicyFields:
         if key in READ_ONLY_POLICY_FIELDS:
             continue
         if key not in PolicyFields.model_fields:
-            errors.append({"loc": ["body", key], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"})
+            errors.append(
+                {
+                    "loc": ["body", key],
+                    "msg": "Extra inputs are not permitted",
+                    "type": "extra_forbidden",
+                }
+            )
         elif value is None and key not in NULLABLE_POLICY_FIELDS:
-            errors.append({"loc": ["body", key], "msg": "may not be null", "type": "null_forbidden"})
+            errors.append(
+                {"loc": ["body", key], "msg": "may not be null", "type": "null_forbidden"}
+            )
         else:
             merged[key] = value
     if errors:
@@ -144,4 +152,3 @@ async def update_policy(
             assert row is not None
     services.operators.invalidate(operator_id)
     return policy_out(row, configured)
-

@@ -36,6 +36,10 @@ class OperatorState:
 
 
 class OperatorStateCache:
+    # The public site-key endpoint lets anyone ask for any operator id: "unknown" answers
+    # are cached too, so the cache must not grow with every id a client makes up.
+    MAX_ENTRIES = 10_000
+
     def __init__(self, engine: AsyncEngine, keyring: KeyRing, ttl: float) -> None:
         self._engine = engine
         self._keyring = keyring
@@ -56,8 +60,15 @@ class OperatorStateCache:
                 return entry[1]
             loaded_at = time.monotonic()
             state = await self._load(operator_id)
+            if operator_id not in self._entries and len(self._entries) >= self.MAX_ENTRIES:
+                self._evict()
             self._entries[operator_id] = (loaded_at, state)
             return state
+
+    def _evict(self) -> None:
+        self._entries.clear()
+        # A lock in use stays: its waiters re-check the entries once they hold it.
+        self._locks = {key: lock for key, lock in self._locks.items() if lock.locked()}
 
     def invalidate(self, operator_id: str) -> None:
         self._entries.pop(operator_id, None)
@@ -93,7 +104,11 @@ class OperatorStateCache:
             if credential is None:
                 try:
                     credential = unseal(
-                        self._keyring, operator_id, row.key_id, bytes(row.sealed), row.meta["fingerprint"]
+                        self._keyring,
+                        operator_id,
+                        row.key_id,
+                        bytes(row.sealed),
+                        row.meta["fingerprint"],
                     )
                 except KeyRingError as exc:
                     # Like missing credentials (authorize follows fail_mode), not a 500 for

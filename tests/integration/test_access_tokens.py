@@ -17,7 +17,8 @@ CONCURRENT_FIRST_CALLS = 50
 
 
 def mints() -> float:
-    return ACCESS_TOKEN_MINTS._value.get()  # type: ignore[attr-defined, no-any-return]
+    value: float = ACCESS_TOKEN_MINTS._value.get()
+    return value
 
 
 @pytest.mark.parametrize("mode", ["self_signed_jwt", "token_exchange"])
@@ -37,7 +38,9 @@ async def test_fifty_concurrent_first_calls_mint_one_token(
         await asyncio.sleep(0.01)
         return httpx.Response(200, json=assessment_json())
 
-    assessments = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").mock(side_effect=assess)
+    assessments = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").mock(
+        side_effect=assess
+    )
     async with running(create_app(make_settings(google_auth=mode))) as client:
         gate = Gate(client)
         await gate.protected_operator(service_account)

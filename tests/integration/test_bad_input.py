@@ -50,7 +50,10 @@ async def _nothing_happened(database: str, route: respx.Route) -> None:
         (b'{"operator_id": "acme", "token": ', "malformed JSON"),
         (b'{"operator_id": "acme", "token": 123}', "wrong type"),
         (b'["acme"]', "not an object"),
-        (b'{"operator_id": "acme", "token": "' + TOKEN.encode() + b'", "extra": 1}', "unknown field"),
+        (
+            b'{"operator_id": "acme", "token": "' + TOKEN.encode() + b'", "extra": 1}',
+            "unknown field",
+        ),
         (b'{"operator_id": "acme", "token": "a\\u0000b"}', "NUL character"),
         (b'{"operator_id": "acme", "token": "' + b"x" * 8193 + b'"}', "over-long token"),
         (b'{"operator_id": "acme", "session_ref": "' + b"s" * 129 + b'"}', "over-long session_ref"),
@@ -112,7 +115,10 @@ async def test_chunked_body_over_64_kib_is_413(
         yield b'"}'
 
     request = gate.client.build_request(
-        "POST", "/sessions/authorize", content=chunks(), headers={**backend, "content-type": "application/json"}
+        "POST",
+        "/sessions/authorize",
+        content=chunks(),
+        headers={**backend, "content-type": "application/json"},
     )
     assert "content-length" not in request.headers
     response = await gate.client.send(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -148,8 +149,12 @@ async def test_put_replaces_earlier_credentials(
     assert await count_rows(database, "credentials") == 1
 
 
-async def test_put_for_an_unknown_operator_is_404(gate: Gate, service_account: dict[str, str]) -> None:
-    response = await gate.client.put("/operators/nope/credentials", json=service_account, headers=ADMIN)
+async def test_put_for_an_unknown_operator_is_404(
+    gate: Gate, service_account: dict[str, str]
+) -> None:
+    response = await gate.client.put(
+        "/operators/nope/credentials", json=service_account, headers=ADMIN
+    )
     assert_problem(response, 404)
     assert_no_key_material(response.text, service_account["private_key"])
 
@@ -226,7 +231,9 @@ async def test_service_account_missing_a_field_is_422(
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param({"type": "authorized_user", "client_secret": "s3cr3t-value"}, id="authorized-user"),
+        pytest.param(
+            {"type": "authorized_user", "client_secret": "s3cr3t-value"}, id="authorized-user"
+        ),
         pytest.param({"type": "external_account"}, id="external-account"),
         pytest.param({"api_key": API_KEY}, id="no-type"),
         pytest.param({"type": "API_KEY", "api_key": API_KEY}, id="type-wrong-case"),
@@ -271,7 +278,12 @@ async def test_service_account_with_an_unknown_field_is_422_without_echoing_the_
 
 @pytest.mark.parametrize(
     "token_uri",
-    ["http://oauth2.googleapis.com/token", "ftp://oauth2.googleapis.com/token", "https:///token", "token"],
+    [
+        "http://oauth2.googleapis.com/token",
+        "ftp://oauth2.googleapis.com/token",
+        "https:///token",
+        "token",
+    ],
 )
 async def test_token_uri_must_be_https(
     acme: Gate, service_account: dict[str, str], token_uri: str
@@ -287,7 +299,9 @@ async def test_token_uri_may_be_plain_http_on_localhost(
     acme: Gate, service_account: dict[str, str]
 ) -> None:
     response = await acme.client.put(
-        CREDENTIALS, json={**service_account, "token_uri": "http://127.0.0.1:8090/token"}, headers=ADMIN
+        CREDENTIALS,
+        json={**service_account, "token_uri": "http://127.0.0.1:8090/token"},
+        headers=ADMIN,
     )
     assert response.status_code == 200, response.text
 
@@ -296,7 +310,9 @@ async def test_token_uri_may_be_plain_http_on_localhost(
 # Reading and deleting.
 
 
-async def test_get_answers_the_same_metadata_as_put(acme: Gate, service_account: dict[str, str]) -> None:
+async def test_get_answers_the_same_metadata_as_put(
+    acme: Gate, service_account: dict[str, str]
+) -> None:
     put = await acme.client.put(CREDENTIALS, json=service_account, headers=ADMIN)
     response = await acme.client.get(CREDENTIALS, headers=ADMIN)
     assert response.status_code == 200
@@ -400,7 +416,9 @@ async def test_api_key_row_holds_no_plaintext(acme: Gate, database: str) -> None
     assert API_KEY.encode() not in bytes(row["sealed"])
     assert API_KEY not in text
     assert API_KEY[8:30] not in text
-    payload = json.loads(KeyRing.parse(ENCRYPTION_KEYS).open(row["key_id"], bytes(row["sealed"]), b"acme"))
+    payload = json.loads(
+        KeyRing.parse(ENCRYPTION_KEYS).open(row["key_id"], bytes(row["sealed"]), b"acme")
+    )
     assert payload == {"type": "api_key", "api_key": API_KEY}
 
 
@@ -414,7 +432,8 @@ async def test_a_sealed_row_moved_to_another_operator_is_not_used(
     conn = await asyncpg.connect(database)
     try:
         await conn.execute(
-            "UPDATE credentials SET sealed = (SELECT sealed FROM credentials WHERE operator_id = 'acme')"
+            "UPDATE credentials SET sealed ="
+            " (SELECT sealed FROM credentials WHERE operator_id = 'acme')"
             " WHERE operator_id = 'other'"
         )
     finally:
@@ -442,10 +461,13 @@ async def test_authorize_with_undecryptable_credentials_follows_fail_mode(
         await conn.execute("UPDATE credentials SET key_id = 'gone'")
     finally:
         await conn.close()
-    await asyncio.sleep(1.1)  # past the state cache's freshness
-    route = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(json=assessment_json())
+    route = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(
+        json=assessment_json()
+    )
     response = await gate.client.post(
-        "/sessions/authorize", json={"operator_id": "acme", "token": "tok"}, headers=bearer(backend["key"])
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": "tok"},
+        headers=bearer(backend["key"]),
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -499,7 +521,9 @@ async def test_replaced_credentials_reach_another_replica_within_two_seconds(
 ) -> None:
     await gate.protected_operator({"type": "api_key", "api_key": API_KEY})
     backend = await gate.create_key("backend", ["acme"])
-    route = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(json=assessment_json())
+    route = google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(
+        json=assessment_json()
+    )
     async with running(create_app(settings)) as replica:
 
         async def authorize(n: int) -> str:
@@ -533,7 +557,8 @@ def checks_of(response: httpx.Response) -> dict[str, dict[str, Any]]:
     assert [c["name"] for c in body["checks"]] == ["credentials", "site_key", "score_based"]
     for check in body["checks"]:
         assert isinstance(check["ok"], bool)
-        assert isinstance(check["detail"], str) and check["detail"]
+        assert isinstance(check["detail"], str)
+        assert check["detail"]
     assert body["ok"] is all(c["ok"] for c in body["checks"])
     return {c["name"]: c for c in body["checks"]}
 
@@ -556,7 +581,9 @@ def _jwt_claims(authorization: str, private_key_pem: str) -> dict[str, Any]:
         padding.PKCS1v15(),
         hashes.SHA256(),
     )
-    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
     return claims
 
 
@@ -570,7 +597,9 @@ async def test_verify_all_ok_for_a_score_web_key(
     assert response.json()["ok"] is True
     assert all(c["ok"] for c in checks.values())
     assert route.call_count == 1
-    claims = _jwt_claims(route.calls.last.request.headers["authorization"], service_account["private_key"])
+    claims = _jwt_claims(
+        route.calls.last.request.headers["authorization"], service_account["private_key"]
+    )
     assert claims["iss"] == service_account["client_email"]
     assert_no_key_material(response.text, service_account["private_key"])
 
@@ -620,7 +649,9 @@ async def test_verify_credentials_not_ok_when_google_refuses_them(
     gate: Gate, google: respx.MockRouter, service_account: dict[str, str], status: int
 ) -> None:
     await _configured(gate, service_account)
-    google.get(KEY_URL).respond(status, json={"error": {"code": status, "status": "PERMISSION_DENIED"}})
+    google.get(KEY_URL).respond(
+        status, json={"error": {"code": status, "status": "PERMISSION_DENIED"}}
+    )
     checks = checks_of(await gate.client.post(VERIFY, headers=ADMIN))
     assert checks["credentials"]["ok"] is False
     assert checks["site_key"]["ok"] is False
@@ -659,17 +690,24 @@ async def test_verify_reports_checks_it_could_not_run_when_google_fails(
     assert not any(c["ok"] for c in checks.values())
 
 
-async def test_verify_for_an_unknown_operator_is_404(gate: Gate, no_google: respx.MockRouter) -> None:
+async def test_verify_for_an_unknown_operator_is_404(
+    gate: Gate, no_google: respx.MockRouter
+) -> None:
     assert_problem(await gate.client.post("/operators/nope/credentials/verify", headers=ADMIN), 404)
 
 
-async def test_verify_sees_credentials_replaced_a_moment_ago(gate: Gate, google: respx.MockRouter) -> None:
+async def test_verify_sees_credentials_replaced_a_moment_ago(
+    gate: Gate, google: respx.MockRouter
+) -> None:
     await _configured(gate, {"type": "api_key", "api_key": API_KEY})
     route = google.get(KEY_URL).respond(json=SCORE_KEY)
     await gate.client.post(VERIFY, headers=ADMIN)
     await gate.put_credentials("acme", {"type": "api_key", "api_key": "AIza-the-new-one"})
     await gate.client.post(VERIFY, headers=ADMIN)
-    assert [c.request.headers["x-goog-api-key"] for c in route.calls] == [API_KEY, "AIza-the-new-one"]
+    assert [c.request.headers["x-goog-api-key"] for c in route.calls] == [
+        API_KEY,
+        "AIza-the-new-one",
+    ]
 
 
 # With token exchange the gate trades a signed assertion for an access token at token_uri.
@@ -692,9 +730,7 @@ async def test_verify_with_token_exchange_uses_the_minted_token(
     response = await exchange_gate.client.post(VERIFY, headers=ADMIN)
     assert response.json()["ok"] is True
     assert token.call_count == 1
-    form = dict(
-        pair.split("=", 1) for pair in token.calls.last.request.content.decode().split("&")
-    )
+    form = dict(pair.split("=", 1) for pair in token.calls.last.request.content.decode().split("&"))
     assert form["grant_type"] == "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"
     assert key.calls.last.request.headers["authorization"] == "Bearer ya29.minted"
     assert "ya29.minted" not in response.text
@@ -702,7 +738,10 @@ async def test_verify_with_token_exchange_uses_the_minted_token(
 
 @pytest.mark.parametrize(
     ("status", "body"),
-    [(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}), (401, {"error": "invalid_client"})],
+    [
+        (400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}),
+        (401, {"error": "invalid_client"}),
+    ],
 )
 async def test_verify_with_a_refused_token_exchange_runs_nothing_else(
     exchange_gate: Gate,
@@ -730,3 +769,51 @@ async def test_verify_with_token_exchange_and_no_site_key_confirms_the_credentia
     assert checks["credentials"]["ok"] is True
     assert checks["site_key"]["ok"] is False
     assert checks["score_based"]["ok"] is False
+
+
+# ---------------------------------------------------------------------------
+# Concurrent writers.
+
+
+async def test_concurrent_uploads_all_succeed_and_the_audit_chain_is_consistent(
+    acme: Gate, database: str
+) -> None:
+    keys = [f"AIza-concurrent-{n}" for n in range(6)]
+    responses = await asyncio.gather(
+        *(
+            acme.client.put(CREDENTIALS, json={"type": "api_key", "api_key": k}, headers=ADMIN)
+            for k in keys
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * len(keys)
+    assert await count_rows(database, "credentials") == 1
+    entries = (await acme.client.get("/operators/acme/audit-log", headers=ADMIN)).json()["items"]
+    assert len(entries) == len(keys)
+    chain = [e["changes"]["credentials"] for e in reversed(entries)]
+    assert chain[0]["old"] is None
+    for earlier, later in itertools.pairwise(chain):
+        assert later["old"] == earlier["new"]
+    current = (await acme.client.get(CREDENTIALS, headers=ADMIN)).json()
+    assert current == chain[-1]["new"]
+
+
+async def test_verify_with_token_exchange_and_google_failing_keeps_the_credentials_check(
+    exchange_gate: Gate, google: respx.MockRouter, service_account: dict[str, str]
+) -> None:
+    await _configured(exchange_gate, service_account)
+    google.post(TOKEN_URI).respond(json={"access_token": "ya29.minted", "expires_in": 3599})
+    google.get(KEY_URL).respond(503)
+    checks = checks_of(await exchange_gate.client.post(VERIFY, headers=ADMIN))
+    assert checks["credentials"]["ok"] is True
+    assert checks["site_key"]["ok"] is False
+    assert checks["score_based"]["ok"] is False
+
+
+async def test_verify_with_an_api_key_google_answering_404_accepted_the_key(
+    gate: Gate, google: respx.MockRouter
+) -> None:
+    await _configured(gate, {"type": "api_key", "api_key": API_KEY})
+    google.get(KEY_URL).respond(404, json={"error": {"code": 404, "status": "NOT_FOUND"}})
+    checks = checks_of(await gate.client.post(VERIFY, headers=ADMIN))
+    assert checks["credentials"]["ok"] is True
+    assert checks["site_key"]["ok"] is False

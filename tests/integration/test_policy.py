@@ -62,7 +62,9 @@ async def audit_items(client: httpx.AsyncClient, **params: Any) -> list[dict[str
     return items
 
 
-async def patch(client: httpx.AsyncClient, fields: dict[str, Any], **headers: str) -> httpx.Response:
+async def patch(
+    client: httpx.AsyncClient, fields: dict[str, Any], **headers: str
+) -> httpx.Response:
     return await client.patch(
         POLICY, content=json.dumps(fields), headers={**ADMIN, **MERGE_PATCH, **headers}
     )
@@ -158,7 +160,9 @@ async def test_get_modify_put_works_with_read_only_fields_in_the_body(acme: Gate
     assert body["credentials_configured"] is False
 
 
-async def test_put_with_an_unknown_field_is_422_and_changes_nothing(acme: Gate, database: str) -> None:
+async def test_put_with_an_unknown_field_is_422_and_changes_nothing(
+    acme: Gate, database: str
+) -> None:
     response = await acme.client.put(
         POLICY, json={"score_threshold": 0.9, "treshold": 0.9}, headers=ADMIN
     )
@@ -323,7 +327,9 @@ INVALID_FIELDS = [
 
 
 @pytest.mark.parametrize("fields", INVALID_FIELDS)
-async def test_put_rejects_invalid_values(acme: Gate, database: str, fields: dict[str, Any]) -> None:
+async def test_put_rejects_invalid_values(
+    acme: Gate, database: str, fields: dict[str, Any]
+) -> None:
     response = await acme.client.put(POLICY, json=fields, headers=ADMIN)
     body = assert_problem(response, 422)
     field = next(iter(fields))
@@ -333,7 +339,9 @@ async def test_put_rejects_invalid_values(acme: Gate, database: str, fields: dic
 
 
 @pytest.mark.parametrize("fields", INVALID_FIELDS)
-async def test_patch_rejects_invalid_values(acme: Gate, database: str, fields: dict[str, Any]) -> None:
+async def test_patch_rejects_invalid_values(
+    acme: Gate, database: str, fields: dict[str, Any]
+) -> None:
     response = await patch(acme.client, fields)
     body = assert_problem(response, 422)
     field = next(iter(fields))
@@ -356,9 +364,17 @@ async def test_validation_errors_do_not_echo_the_input(acme: Gate) -> None:
         pytest.param({"score_threshold": 1.0}, {"score_threshold": 1.0}, id="threshold-1"),
         pytest.param({"score_threshold": 1}, {"score_threshold": 1.0}, id="threshold-integer-1"),
         pytest.param({"max_token_age_seconds": 1}, {"max_token_age_seconds": 1}, id="max-age-1"),
-        pytest.param({"max_token_age_seconds": 3600}, {"max_token_age_seconds": 3600}, id="max-age-3600"),
-        pytest.param({"expected_action": "a" * 100}, {"expected_action": "a" * 100}, id="action-100"),
-        pytest.param({"expected_action": "Start_Session/v2"}, {"expected_action": "Start_Session/v2"}, id="action-slash"),
+        pytest.param(
+            {"max_token_age_seconds": 3600}, {"max_token_age_seconds": 3600}, id="max-age-3600"
+        ),
+        pytest.param(
+            {"expected_action": "a" * 100}, {"expected_action": "a" * 100}, id="action-100"
+        ),
+        pytest.param(
+            {"expected_action": "Start_Session/v2"},
+            {"expected_action": "Start_Session/v2"},
+            id="action-slash",
+        ),
         pytest.param({"mode": "monitor"}, {"mode": "monitor"}, id="monitor"),
         pytest.param({"fail_mode": "open"}, {"fail_mode": "open"}, id="fail-open"),
         pytest.param(
@@ -366,8 +382,16 @@ async def test_validation_errors_do_not_echo_the_input(acme: Gate) -> None:
             {"allowed_hostnames": ["acme.example", "portal.acme.example"]},
             id="hostnames",
         ),
-        pytest.param({"allowed_hostnames": ["localhost"]}, {"allowed_hostnames": ["localhost"]}, id="single-label"),
-        pytest.param({"gcp_project_id": "123456789012"}, {"gcp_project_id": "123456789012"}, id="project-number"),
+        pytest.param(
+            {"allowed_hostnames": ["localhost"]},
+            {"allowed_hostnames": ["localhost"]},
+            id="single-label",
+        ),
+        pytest.param(
+            {"gcp_project_id": "123456789012"},
+            {"gcp_project_id": "123456789012"},
+            id="project-number",
+        ),
     ],
 )
 async def test_boundary_values_are_accepted(
@@ -388,14 +412,22 @@ async def test_enabling_without_anything_configured_names_every_missing_piece(
     body = assert_problem(await patch(acme.client, {"enabled": True}), 422)
     for missing in ("site_key", "gcp_project_id", "credentials"):
         assert missing in body["detail"]
-    assert sorted(e["loc"][-1] for e in body["errors"]) == ["credentials", "gcp_project_id", "site_key"]
+    assert sorted(e["loc"][-1] for e in body["errors"]) == [
+        "credentials",
+        "gcp_project_id",
+        "site_key",
+    ]
     assert (await get_policy(acme.client))["enabled"] is False
     assert await count_rows(database, "audit_log") == 0
 
 
-async def test_enabling_with_site_key_and_project_but_no_credentials_names_credentials(acme: Gate) -> None:
+async def test_enabling_with_site_key_and_project_but_no_credentials_names_credentials(
+    acme: Gate,
+) -> None:
     response = await acme.client.put(
-        POLICY, json={"enabled": True, "site_key": SITE_KEY, "gcp_project_id": PROJECT}, headers=ADMIN
+        POLICY,
+        json={"enabled": True, "site_key": SITE_KEY, "gcp_project_id": PROJECT},
+        headers=ADMIN,
     )
     body = assert_problem(response, 422)
     assert [e["loc"][-1] for e in body["errors"]] == ["credentials"]
@@ -472,6 +504,28 @@ async def test_an_empty_patch_is_a_no_op(acme: Gate, database: str) -> None:
     assert response.status_code == 200
     assert response.json()["version"] == 1
     assert await count_rows(database, "audit_log") == 0
+
+
+async def test_the_same_hostnames_in_another_order_or_case_are_a_no_op(
+    acme: Gate, database: str
+) -> None:
+    await acme.set_policy("acme", allowed_hostnames=["b.example", "a.example"])
+    response = await patch(acme.client, {"allowed_hostnames": ["A.example", "b.example."]})
+    assert response.status_code == 200
+    assert response.json()["version"] == 2
+    assert await count_rows(database, "audit_log") == 1
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_thresholds_are_422(acme: Gate, literal: str) -> None:
+    content = '{"score_threshold": ' + literal + "}"
+    for method in ("PUT", "PATCH"):
+        response = await acme.client.request(
+            method, POLICY, content=content, headers={**ADMIN, "content-type": "application/json"}
+        )
+        assert response.status_code in (400, 422), response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert (await get_policy(acme.client))["version"] == 1
 
 
 async def test_updated_by_and_updated_at_follow_the_writer(acme: Gate) -> None:
@@ -626,7 +680,13 @@ async def test_audit_log_is_per_operator(acme: Gate) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": 0}, {"limit": 501}, {"limit": "ten"}, {"cursor": "not-a-cursor"}, {"cursor": "WyJ4Il0"}],
+    [
+        {"limit": 0},
+        {"limit": 501},
+        {"limit": "ten"},
+        {"cursor": "not-a-cursor"},
+        {"cursor": "WyJ4Il0"},
+    ],
     ids=["limit-0", "limit-501", "limit-text", "cursor-garbage", "cursor-wrong-type"],
 )
 async def test_audit_log_rejects_bad_paging_parameters(acme: Gate, params: dict[str, Any]) -> None:

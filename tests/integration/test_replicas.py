@@ -43,7 +43,9 @@ async def test_policy_change_reaches_the_other_replica(
 
     async def decision_on_second() -> str:
         answer = await second.post(
-            "/sessions/authorize", json={"operator_id": "acme", "token": next(tokens)}, headers=backend
+            "/sessions/authorize",
+            json={"operator_id": "acme", "token": next(tokens)},
+            headers=backend,
         )
         assert answer.status_code == 200, answer.text
         reason: str = answer.json()["reason"]
@@ -61,7 +63,9 @@ async def test_policy_change_reaches_the_other_replica(
 async def test_revocation_reaches_the_other_replica(gate: Gate, second: httpx.AsyncClient) -> None:
     await gate.create_operator()
     key = await gate.create_key("operator_admin", ["acme"])
-    assert (await second.get("/operators/acme/policy", headers=bearer(key["key"]))).status_code == 200
+    assert (
+        await second.get("/operators/acme/policy", headers=bearer(key["key"]))
+    ).status_code == 200
     assert (await gate.client.delete(f"/api-keys/{key['id']}", headers=ADMIN)).status_code == 204
 
     async def refused() -> bool:

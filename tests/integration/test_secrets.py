@@ -69,7 +69,9 @@ async def test_no_secret_leaks_anywhere(
         side_effect=[
             httpx.Response(200, json=assessment_json(name="projects/1/assessments/a1")),
             httpx.Response(200, json=assessment_json(valid=False, invalid_reason="MALFORMED")),
-            httpx.Response(503, json={"error": {"code": 503, "message": "x", "status": "UNAVAILABLE"}}),
+            httpx.Response(
+                503, json={"error": {"code": 503, "message": "x", "status": "UNAVAILABLE"}}
+            ),
         ]
     )
     annotate = google.post(f"{GOOGLE}/v1/projects/1/assessments/a1:annotate").respond(json={})
@@ -80,8 +82,18 @@ async def test_no_secret_leaks_anywhere(
     # The CPO configures two operators, one with a service account, one with an API key.
     await gate.protected_operator(service_account)
     await gate.create_operator("beta")
-    await call("PUT", "/operators/beta/credentials", json={"type": "api_key", "api_key": GOOGLE_API_KEY}, headers=ADMIN)
-    await call("PUT", "/operators/acme/credentials", json={**service_account, "private_key": "-----BEGIN PRIVATE KEY-----\nnot a key"}, headers=ADMIN)
+    await call(
+        "PUT",
+        "/operators/beta/credentials",
+        json={"type": "api_key", "api_key": GOOGLE_API_KEY},
+        headers=ADMIN,
+    )
+    await call(
+        "PUT",
+        "/operators/acme/credentials",
+        json={**service_account, "private_key": "-----BEGIN PRIVATE KEY-----\nnot a key"},
+        headers=ADMIN,
+    )
     await call("GET", "/operators/acme/credentials", headers=ADMIN)
     await call("GET", "/operators/beta/credentials", headers=ADMIN)
     await call("POST", "/operators/acme/credentials/verify", headers=ADMIN)
@@ -92,15 +104,60 @@ async def test_no_secret_leaks_anywhere(
     # The backend authorizes: allow, invalid, upstream failure, replay, bad input.
     tokens = [f"03AFcWeA-token-{n}-{'x' * 40}" for n in range(4)]
     headers = {**bearer(backend["key"]), "Idempotency-Key": "idem-1"}
-    first = await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[0]}, headers=headers)
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[0]}, headers=headers)
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[1]}, headers=bearer(backend["key"]))
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[2]}, headers=bearer(backend["key"]))
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[0]}, headers=bearer(backend["key"]))
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[3], "bogus": 1}, headers=bearer(backend["key"]))
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[3] + "\u0000"}, headers=bearer(backend["key"]))
-    await call("POST", "/sessions/authorize", json={"operator_id": "acme", "token": tokens[3]}, headers=bearer("cg_wrong" + "A" * 40))
-    await call("POST", f"/sessions/{first.json()['decision_id']}/outcome", json={"outcome": "fraudulent", "reasons": ["chargeback"]}, headers=bearer(backend["key"]))
+    first = await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[0]},
+        headers=headers,
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[0]},
+        headers=headers,
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[1]},
+        headers=bearer(backend["key"]),
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[2]},
+        headers=bearer(backend["key"]),
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[0]},
+        headers=bearer(backend["key"]),
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[3], "bogus": 1},
+        headers=bearer(backend["key"]),
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[3] + "\u0000"},
+        headers=bearer(backend["key"]),
+    )
+    await call(
+        "POST",
+        "/sessions/authorize",
+        json={"operator_id": "acme", "token": tokens[3]},
+        headers=bearer("cg_wrong" + "A" * 40),
+    )
+    await call(
+        "POST",
+        f"/sessions/{first.json()['decision_id']}/outcome",
+        json={"outcome": "fraudulent", "reasons": ["chargeback"]},
+        headers=bearer(backend["key"]),
+    )
     await call("GET", "/operators/acme/decisions", headers=bearer(admin["key"]))
     await call("GET", "/operators/acme/audit-log", headers=bearer(admin["key"]))
     await call("GET", "/operators/beta/audit-log", headers=bearer(admin["key"]))
@@ -132,7 +189,8 @@ async def test_no_secret_leaks_anywhere(
         "logs": captured_logs.getvalue(),
         "database": await pg_dump(database),
     }
-    assert "a1" in places["database"] and "chargeback" in places["database"].lower()
+    assert "a1" in places["database"]
+    assert "chargeback" in places["database"].lower()
     leaks = [
         f"{name} in {place}"
         for name, secret in secrets.items()

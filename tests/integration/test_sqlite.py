@@ -62,6 +62,7 @@ async def test_main_flows_on_embedded_sqlite(
             headers=backend,
         )
         assert outcome.status_code == 202
+
         async def delivered() -> bool:
             return annotate.called
 

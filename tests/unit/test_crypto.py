@@ -46,8 +46,16 @@ def test_parse_accepts_a_generated_entry() -> None:
         pytest.param(
             "k1:" + base64.urlsafe_b64encode(b"\xfb" * 32).decode(), "-_-_", id="urlsafe-alphabet"
         ),
-        pytest.param("k1:" + base64.b64encode(KEY_A[:16]).decode(), base64.b64encode(KEY_A[:16]).decode(), id="16-bytes"),
-        pytest.param("k1:" + base64.b64encode(KEY_A + b"x").decode(), base64.b64encode(KEY_A + b"x").decode()[:20], id="33-bytes"),
+        pytest.param(
+            "k1:" + base64.b64encode(KEY_A[:16]).decode(),
+            base64.b64encode(KEY_A[:16]).decode(),
+            id="16-bytes",
+        ),
+        pytest.param(
+            "k1:" + base64.b64encode(KEY_A + b"x").decode(),
+            base64.b64encode(KEY_A + b"x").decode()[:20],
+            id="33-bytes",
+        ),
         pytest.param(B64_A, B64_A[:20], id="no-colon"),
         pytest.param(f"{entry('k1', KEY_A)},{entry('k1', KEY_B)}", B64_B[:20], id="duplicate-kid"),
         pytest.param("bad kid!:" + B64_A, B64_A[:20], id="bad-kid"),
@@ -55,7 +63,9 @@ def test_parse_accepts_a_generated_entry() -> None:
         pytest.param(" , ", None, id="only-separators"),
     ],
 )
-def test_parse_rejects_bad_entries_without_echoing_key_material(value: str, material: str | None) -> None:
+def test_parse_rejects_bad_entries_without_echoing_key_material(
+    value: str, material: str | None
+) -> None:
     with pytest.raises(KeyRingError) as caught:
         KeyRing.parse(value)
     message = str(caught.value)
