@@ -233,6 +233,22 @@ def gate(client: httpx.AsyncClient) -> Gate:
     return Gate(client)
 
 
+@pytest.fixture
+async def backend(gate: Gate, service_account: dict[str, str]) -> dict[str, str]:
+    """Headers of a backend key for `acme`, an operator with protection on (enforce, 0.5)."""
+    await gate.protected_operator(service_account)
+    key = await gate.create_key("backend", ["acme"])
+    return bearer(key["key"])
+
+
+@pytest.fixture
+def assessments(google: respx.MockRouter) -> respx.Route:
+    """Google's assessment route, answering a valid token with score 0.9."""
+    return google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(
+        json=assessment_json()
+    )
+
+
 def assessment_json(
     *,
     score: float = 0.8999999761581421,

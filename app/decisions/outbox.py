@@ -17,7 +17,7 @@ from app.decisions import repository as repo
 from app.metrics import ANNOTATION_BACKLOG, ANNOTATIONS
 from app.operators.state import OperatorStateCache
 from app.recaptcha.client import RecaptchaClient
-from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailure
+from app.recaptcha.types import UpstreamError, UpstreamErrorKind
 
 log = logging.getLogger("chargegate.outbox")
 
@@ -98,9 +98,7 @@ class AnnotationOutbox:
         state = await self._operators.get(row.operator_id)
         try:
             if state is None or state.credential is None:
-                raise UpstreamError(
-                    UpstreamFailure(UpstreamErrorKind.CREDENTIALS_REJECTED, detail="no credentials")
-                )
+                raise UpstreamError.of(UpstreamErrorKind.CREDENTIALS_REJECTED, "no credentials")
             await self._recaptcha.annotate(
                 state.credential, row.assessment_name, row.annotation, row.reasons
             )

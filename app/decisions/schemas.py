@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
@@ -11,22 +11,6 @@ from app.operators.schemas import ActionName
 from app.recaptcha.types import UpstreamErrorKind
 from app.schemas import NoNul, OperatorId, StrictModel
 
-ANNOTATION_REASONS = (
-    "chargeback",
-    "chargeback_fraud",
-    "chargeback_dispute",
-    "refund",
-    "refund_fraud",
-    "transaction_accepted",
-    "transaction_declined",
-    "payment_heuristics",
-    "initiated_two_factor",
-    "passed_two_factor",
-    "failed_two_factor",
-    "correct_password",
-    "incorrect_password",
-    "social_spam",
-)
 AnnotationReason = Literal[
     "chargeback",
     "chargeback_fraud",
@@ -43,6 +27,7 @@ AnnotationReason = Literal[
     "incorrect_password",
     "social_spam",
 ]
+ANNOTATION_REASONS: tuple[str, ...] = get_args(AnnotationReason)
 
 
 def _ip_address(value: str) -> str:

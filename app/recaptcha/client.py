@@ -15,7 +15,7 @@ from app.credentials.types import GoogleCredential, ServiceAccountKey
 from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS
 from app.recaptcha.http import retry_after, send, transport_failure
 from app.recaptcha.tokens import AccessTokenProvider
-from app.recaptcha.types import Assessment, UpstreamError, UpstreamErrorKind, UpstreamFailure
+from app.recaptcha.types import Assessment, UpstreamError, UpstreamErrorKind
 
 T = TypeVar("T")
 
@@ -23,15 +23,6 @@ T = TypeVar("T")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,254}$")
 _ASSESSMENT_NAME = re.compile(r"^projects/([^/]+)/assessments/([^/]+)$")
 _GOOGLE_STATUS = re.compile(r"^[A-Z_]{1,64}$")
-
-
-def _failure(
-    kind: UpstreamErrorKind,
-    detail: str,
-    status: int | None = None,
-    retry_after_seconds: float | None = None,
-) -> UpstreamError:
-    return UpstreamError(UpstreamFailure(kind, status, retry_after_seconds, detail))
 
 
 class RecaptchaClient:
@@ -60,7 +51,7 @@ class RecaptchaClient:
     ) -> None:
         match = _ASSESSMENT_NAME.match(assessment_name)
         if match is None:
-            raise _failure(UpstreamErrorKind.BAD_REQUEST, "invalid assessment name")
+            raise UpstreamError.of(UpstreamErrorKind.BAD_REQUEST, "invalid assessment name")
         project, assessment = (_segment(part, "assessment name") for part in match.groups())
         url = f"{self._base}/v1/projects/{project}/assessments/{assessment}:annotate"
         body = {"annotation": annotation, "reasons": reasons}
@@ -113,7 +104,9 @@ class RecaptchaClient:
                     self._http, method, url, deadline=deadline, headers=headers, json=json
                 )
         except TimeoutError:
-            raise _failure(UpstreamErrorKind.TIMEOUT, "no answer within the deadline") from None
+            raise UpstreamError.of(
+                UpstreamErrorKind.TIMEOUT, "no answer within the deadline"
+            ) from None
         except httpx.HTTPError as exc:
             # Not chained: the httpx error carries the request, with its token and credentials.
             raise transport_failure(exc) from None
@@ -124,7 +117,7 @@ class RecaptchaClient:
             except ValueError:
                 body = None
             if not isinstance(body, dict):
-                raise _failure(
+                raise UpstreamError.of(
                     UpstreamErrorKind.BAD_RESPONSE, "answer is not a JSON object", status
                 )
             return body
@@ -140,7 +133,7 @@ class RecaptchaClient:
             kind = UpstreamErrorKind.SERVER_ERROR
         else:
             kind = UpstreamErrorKind.BAD_RESPONSE
-        raise _failure(kind, _error_detail(response), status, retry_after(response))
+        raise UpstreamError.of(kind, _error_detail(response), status, retry_after(response))
 
     @staticmethod
     def _record(outcome: str, started: float) -> None:
@@ -150,7 +143,7 @@ class RecaptchaClient:
 
 def _segment(value: str, what: str) -> str:
     if not _SEGMENT.match(value):
-        raise _failure(UpstreamErrorKind.BAD_REQUEST, f"invalid {what}")
+        raise UpstreamError.of(UpstreamErrorKind.BAD_REQUEST, f"invalid {what}")
     return value
 
 
@@ -211,7 +204,7 @@ def parse_assessment(body: dict[str, Any]) -> Assessment:
             reasons=tuple(reasons),
         )
     except ValueError as exc:
-        raise _failure(UpstreamErrorKind.BAD_RESPONSE, str(exc), 200) from None
+        raise UpstreamError.of(UpstreamErrorKind.BAD_RESPONSE, str(exc), 200) from None
 
 
 def _object(body: dict[str, Any], field: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
-from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailure
+from app.recaptcha.types import UpstreamError, UpstreamErrorKind
 
 # Fallback for requests that do not pass their own (every Google call passes the time left
 # of its deadline).
@@ -72,7 +72,7 @@ def transport_failure(exc: httpx.HTTPError, prefix: str = "") -> UpstreamError:
     else:
         # Possibly after the request arrived: never resent (a token would come back DUPE).
         kind, what = UpstreamErrorKind.UNREACHABLE, "connection failed"
-    return UpstreamError(UpstreamFailure(kind, detail=f"{prefix}{what} ({cause})"))
+    return UpstreamError.of(kind, f"{prefix}{what} ({cause})")
 
 
 async def send(

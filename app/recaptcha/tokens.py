@@ -15,7 +15,7 @@ from google.auth import crypt, jwt
 from app.credentials.types import ApiKeyCredential, GoogleCredential, ServiceAccountKey
 from app.metrics import ACCESS_TOKEN_MINTS
 from app.recaptcha.http import retry_after, send, transport_failure
-from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailure
+from app.recaptcha.types import UpstreamError, UpstreamErrorKind
 from app.settings import GoogleAuthMode
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -32,15 +32,6 @@ _CacheKey = tuple[str, str, str]
 class _Token:
     value: str
     refresh_at: float  # wall clock, seconds
-
-
-def _failure(
-    kind: UpstreamErrorKind,
-    detail: str,
-    status: int | None = None,
-    retry_after_seconds: float | None = None,
-) -> UpstreamError:
-    return UpstreamError(UpstreamFailure(kind, status, retry_after_seconds, detail))
 
 
 class AccessTokenProvider:
@@ -94,7 +85,9 @@ class AccessTokenProvider:
                     ACCESS_TOKEN_MINTS.inc()
                     return token.value
         except TimeoutError:
-            raise _failure(UpstreamErrorKind.TIMEOUT, "access token not obtained in time") from None
+            raise UpstreamError.of(
+                UpstreamErrorKind.TIMEOUT, "access token not obtained in time"
+            ) from None
 
     async def _mint(self, cred: ServiceAccountKey, deadline: float) -> _Token:
         now = int(self._clock())
@@ -135,7 +128,7 @@ class AccessTokenProvider:
                 value, lifetime = body.get("access_token"), body.get("expires_in")
                 if isinstance(value, str) and value and isinstance(lifetime, int | float):
                     return value, int(lifetime)
-            raise _failure(
+            raise UpstreamError.of(
                 UpstreamErrorKind.BAD_RESPONSE, "token endpoint answer not understood", status
             )
         error = body.get("error") if isinstance(body, dict) else None
@@ -151,7 +144,7 @@ class AccessTokenProvider:
             kind = UpstreamErrorKind.BAD_REQUEST
         else:
             kind = UpstreamErrorKind.BAD_RESPONSE
-        raise _failure(kind, detail, status, retry_after(response))
+        raise UpstreamError.of(kind, detail, status, retry_after(response))
 
 
 async def _sign(cred: ServiceAccountKey, claims: dict[str, Any]) -> str:
@@ -162,7 +155,7 @@ async def _sign(cred: ServiceAccountKey, claims: dict[str, Any]) -> str:
         return await asyncio.to_thread(_sign_blocking, cred, claims)
     except Exception:
         # No chaining: the parser's error may quote the key.
-        raise _failure(
+        raise UpstreamError.of(
             UpstreamErrorKind.CREDENTIALS_REJECTED, "private key is not usable"
         ) from None
 

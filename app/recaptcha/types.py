@@ -34,6 +34,16 @@ class UpstreamError(Exception):
         super().__init__(f"{failure.kind}: {failure.detail}")
         self.failure = failure
 
+    @classmethod
+    def of(
+        cls,
+        kind: UpstreamErrorKind,
+        detail: str,
+        status: int | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> UpstreamError:
+        return cls(UpstreamFailure(kind, status, retry_after_seconds, detail))
+
 
 @dataclass(frozen=True, slots=True)
 class Assessment:

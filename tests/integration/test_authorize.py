@@ -71,14 +71,6 @@ def google_assessment(create_time: float | None = None, **fields: Any) -> dict[s
 
 
 @pytest.fixture
-async def backend(gate: Gate, service_account: dict[str, str]) -> dict[str, str]:
-    """Headers of a backend key for `acme`, an operator with protection on (enforce, 0.5)."""
-    await gate.protected_operator(service_account)
-    key = await gate.create_key("backend", ["acme"])
-    return bearer(key["key"])
-
-
-@pytest.fixture
 def assessments(google: respx.MockRouter) -> respx.Route:
     return google.post(ASSESSMENTS)
 

@@ -9,23 +9,9 @@ import httpx
 import pytest
 import respx
 
-from tests.conftest import GOOGLE, PROJECT, Gate, assessment_json, bearer, count_rows
+from tests.conftest import Gate, count_rows
 
 TOKEN = "secret-token-value-0123456789"
-
-
-@pytest.fixture
-async def backend(gate: Gate, service_account: dict[str, str]) -> dict[str, str]:
-    await gate.protected_operator(service_account)
-    key = await gate.create_key("backend", ["acme"])
-    return bearer(key["key"])
-
-
-@pytest.fixture
-def assessments(google: respx.MockRouter) -> respx.Route:
-    return google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(
-        json=assessment_json()
-    )
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:

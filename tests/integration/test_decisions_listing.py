@@ -13,7 +13,7 @@ import httpx
 import pytest
 import respx
 
-from tests.conftest import ADMIN, GOOGLE, PROJECT, Gate, assessment_json, bearer
+from tests.conftest import ADMIN, Gate, bearer
 
 LISTING = "/operators/acme/decisions"
 AUTHORIZE_FIELDS = {
@@ -40,20 +40,6 @@ def new_token() -> str:
 
 def cursor_of(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-
-@pytest.fixture
-async def backend(gate: Gate, service_account: dict[str, str]) -> dict[str, str]:
-    await gate.protected_operator(service_account)
-    key = await gate.create_key("backend", ["acme"])
-    return bearer(key["key"])
-
-
-@pytest.fixture
-def assessments(google: respx.MockRouter) -> respx.Route:
-    return google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(
-        json=assessment_json()
-    )
 
 
 async def decide(gate: Gate, headers: dict[str, str], allow: bool, **body: Any) -> dict[str, Any]:

@@ -24,20 +24,6 @@ def google_calls(google: respx.MockRouter) -> list[Any]:
     return [call for call in google.calls if not call.request.url.host.startswith("chargegate")]
 
 
-@pytest.fixture
-async def backend(gate: Gate, service_account: dict[str, str]) -> dict[str, str]:
-    await gate.protected_operator(service_account)
-    key = await gate.create_key("backend", ["acme"])
-    return bearer(key["key"])
-
-
-@pytest.fixture
-def assessments(google: respx.MockRouter) -> respx.Route:
-    return google.post(f"{GOOGLE}/v1/projects/{PROJECT}/assessments").respond(
-        json=assessment_json()
-    )
-
-
 async def post(
     gate: Gate, headers: dict[str, str], idempotency_key: str | bytes | None, content: str
 ) -> httpx.Response:

@@ -79,18 +79,6 @@ async def report(
 
 
 @pytest.fixture
-async def backend(gate: Gate, service_account: dict[str, str]) -> dict[str, str]:
-    await gate.protected_operator(service_account)
-    key = await gate.create_key("backend", ["acme"])
-    return bearer(key["key"])
-
-
-@pytest.fixture
-def assessments(google: respx.MockRouter) -> respx.Route:
-    return google.post(ASSESSMENTS).respond(json=assessment_json())
-
-
-@pytest.fixture
 def annotate(google: respx.MockRouter) -> respx.Route:
     return google.post(ANNOTATE).respond(json={})
 
