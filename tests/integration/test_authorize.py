@@ -634,6 +634,16 @@ async def test_google_http_failures_follow_fail_mode(
     }
 
 
+async def warmed_up_backend_key(gate: Gate) -> dict[str, str]:
+    """A backend key for acme, after one call without Google: database connections and
+    the key cache are warm, so a timed call measures the upstream deadline only."""
+    await gate.create_operator("warm")
+    key = bearer((await gate.create_key("backend", ["acme", "warm"]))["key"])
+    warm = await authorize(gate, key, operator_id="warm", token=new_token())
+    assert warm["reason"] == "protection_disabled"
+    return key
+
+
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 async def test_google_unreachable_is_retried_then_follows_fail_mode(
     make_settings: Any,
@@ -644,9 +654,9 @@ async def test_google_unreachable_is_retried_then_follows_fail_mode(
     _connect_refused(assessments)
     async with started(make_settings(upstream_timeout_seconds=0.6)) as gate:
         await gate.protected_operator(service_account, fail_mode=fail_mode)
-        key = await gate.create_key("backend", ["acme"])
+        key = await warmed_up_backend_key(gate)
         started_at = asyncio.get_running_loop().time()
-        answer = await authorize(gate, bearer(key["key"]), token=new_token())
+        answer = await authorize(gate, key, token=new_token())
         elapsed = asyncio.get_running_loop().time() - started_at
     assert (answer["reason"], answer["upstream_error"]) == ("upstream_unavailable", "unreachable")
     assert answer["decision"] == ("allow" if fail_mode == "open" else "deny")
@@ -673,9 +683,9 @@ async def test_google_too_slow_is_a_timeout_within_the_deadline(
     assessments.side_effect = slow
     async with started(make_settings(upstream_timeout_seconds=0.3)) as gate:
         await gate.protected_operator(service_account, fail_mode=fail_mode)
-        key = await gate.create_key("backend", ["acme"])
+        key = await warmed_up_backend_key(gate)
         started_at = asyncio.get_running_loop().time()
-        answer = await authorize(gate, bearer(key["key"]), token=new_token())
+        answer = await authorize(gate, key, token=new_token())
         elapsed = asyncio.get_running_loop().time() - started_at
     assert (answer["reason"], answer["upstream_error"]) == ("upstream_unavailable", "timeout")
     assert answer["decision"] == ("allow" if fail_mode == "open" else "deny")
