@@ -13,9 +13,11 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
 
-# Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
+# Attributes every LogRecord has; anything else was passed with `extra=` and is logged
+# (but not uvicorn's terminal-coloured duplicate of the message).
 _STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "color_message"}
 )
 
 
