@@ -49,14 +49,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     recaptcha = RecaptchaClient(
         http, settings.recaptcha_base_url, tokens, settings.upstream_timeout_seconds
     )
-    operators = OperatorStateCache(engine, keyring, settings.state_cache_seconds)
+    # The caches' reads are single SELECTs: autocommit spares them BEGIN and ROLLBACK.
+    reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+    operators = OperatorStateCache(reader, keyring, settings.state_cache_seconds)
     services = Services(
         settings=settings,
         engine=engine,
         keyring=keyring,
         http=http,
         recaptcha=recaptcha,
-        api_keys=ApiKeyCache(engine, settings.state_cache_seconds, settings.bootstrap_admin_key),
+        api_keys=ApiKeyCache(reader, settings.state_cache_seconds, settings.bootstrap_admin_key),
         operators=operators,
         decisions=DecisionService(engine, operators, recaptcha, settings.upstream_timeout_seconds),
         outbox=AnnotationOutbox(engine, operators, recaptcha, settings.outbox_poll_seconds),

@@ -87,19 +87,23 @@ def main() -> int:
     return 0
 
 
-def summarize(profile: Path) -> None:
-    """Inclusive sample share per function, from py-spy's collapsed-stack output."""
-    totals: dict[str, int] = {}
+def summarize(profile: Path, top: int = 40) -> None:
+    """Inclusive and self sample shares per function, from py-spy's collapsed stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
     samples = 0
     for line in profile.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         samples += n
-        for frame in set(stack.split(";")):
-            totals[frame] = totals.get(frame, 0) + n
-    print(f"{samples} samples; top inclusive frames:")
-    for frame, n in sorted(totals.items(), key=lambda item: -item[1])[:60]:
-        print(f"{100 * n / samples:5.1f}%  {frame[:150]}")
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"{samples} samples; top {title}:")
+        for frame, n in sorted(table.items(), key=lambda item: -item[1])[:top]:
+            print(f"{100 * n / samples:5.1f}%  {frame[:150]}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ class AnnotationOutbox:
     async def deliver_due(self) -> int:
         """One pass over the due annotations; returns how many were delivered."""
         delivered = 0
-        for row in await repo.due_annotations(self._engine, utcnow(), BATCH):
+        rows = await repo.due_annotations(self._engine, utcnow(), BATCH)
+        for row in rows:
             leased_until = utcnow() + LEASE
             if not await repo.lease_annotation(self._engine, row, leased_until):
                 continue
@@ -90,7 +91,8 @@ class AnnotationOutbox:
                 # Stopped mid-call: hand the annotation back now, not when the lease runs out.
                 await asyncio.shield(repo.release_annotation(self._engine, row.id, leased_until))
                 raise
-        ANNOTATION_BACKLOG.set(await repo.pending_annotations(self._engine))
+        if rows or delivered:
+            ANNOTATION_BACKLOG.set(await repo.pending_annotations(self._engine))
         return delivered
 
     async def _deliver(self, row: Row[Any]) -> int:
