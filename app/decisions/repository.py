@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,47 +21,24 @@ _outbox = table_of(AnnotationOutbox)
 RETENTION = timedelta(hours=25)
 
 
-# Hot-path statements are built once and executed with parameters: building `.values()`
-# per request costs more than the round trip it prepares.
 _INSERT_DECISION = insert(_decisions)
 
 
-@functools.cache
-def _claim_statement(dialect_name: str) -> Any:
-    return (
-        insert_for(dialect_name, _claims)
-        .values(token_sha256=bindparam("token_sha256"), claimed_at=bindparam("claimed_at"))
-        .on_conflict_do_nothing(index_elements=["token_sha256"])
-        .returning(_claims.c.token_sha256)
-    )
-
-
-async def claim_token(engine: AsyncEngine, token_sha256: str, now: datetime) -> bool:
-    """True for the first presentation of a token, service-wide; False for a replay."""
-    statement = _claim_statement(engine.dialect.name)
-    async with engine.begin() as conn:
-        result = await conn.execute(statement, {"token_sha256": token_sha256, "claimed_at": now})
-        return result.first() is not None
-
-
-async def record_decision(
+async def record_idempotent_decision(
     engine: AsyncEngine,
     values: dict[str, Any],
-    idempotency: tuple[str, str] | None,
+    idempotency: tuple[str, str],
     response: dict[str, Any],
 ) -> None:
-    """Commits the decision, and with it the answer an idempotent retry will get."""
+    """Commits the decision together with the answer an idempotent retry will get."""
+    api_key_id, key = idempotency
     async with engine.begin() as conn:
         await conn.execute(_INSERT_DECISION, values)
-        if idempotency is not None:
-            api_key_id, key = idempotency
-            await conn.execute(
-                update(_idempotency)
-                .where(
-                    _idempotency.c.api_key_id == api_key_id, _idempotency.c.idempotency_key == key
-                )
-                .values(response=response)
-            )
+        await conn.execute(
+            update(_idempotency)
+            .where(_idempotency.c.api_key_id == api_key_id, _idempotency.c.idempotency_key == key)
+            .values(response=response)
+        )
 
 
 async def claim_idempotency_key(

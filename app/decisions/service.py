@@ -15,6 +15,7 @@ from app.auth.keys import Principal
 from app.db import utcnow
 from app.decisions import engine as decide
 from app.decisions import repository as repo
+from app.decisions.hot_path import hot_path_for
 from app.decisions.schemas import AuthorizeIn
 from app.errors import Conflict, NotFound
 from app.metrics import AUTHORIZE_DECISIONS
@@ -50,9 +51,9 @@ class DecisionService:
         upstream_timeout: float,
     ) -> None:
         self._engine = engine
-        # Single statements on the hot path run in autocommit: one round trip each,
-        # instead of BEGIN + statement + COMMIT.
+        # Single statements run in autocommit: one round trip each, not BEGIN + it + COMMIT.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._hot_path = hot_path_for(engine)
         self._operators = operators
         self._recaptcha = recaptcha
         # How long a duplicate waits for the first request before calling it abandoned.
@@ -130,9 +131,11 @@ class DecisionService:
             "session_ref": body.session_ref,
             "evse_id": body.evse_id,
         }
-        # With an idempotency key the decision and the stored answer commit together.
-        writer = self._engine if idempotency else self._autocommit
-        await repo.record_decision(writer, row, idempotency, response)
+        if idempotency is None:
+            await self._hot_path.record_decision(row)
+        else:
+            # The decision and the answer a retry will get commit together.
+            await repo.record_idempotent_decision(self._engine, row, idempotency, response)
         AUTHORIZE_DECISIONS.labels(
             body.operator_id, verdict.decision, verdict.reason.value, verdict.mode.value
         ).inc()
@@ -146,7 +149,7 @@ class DecisionService:
         evidence: decide.Evidence
         if not body.token:
             evidence = decide.TokenMissing()
-        elif not await repo.claim_token(self._autocommit, token_digest(body.token), utcnow()):
+        elif not await self._hot_path.claim_token(token_digest(body.token), utcnow()):
             evidence = decide.TokenReused()
         else:
             evidence = await self._assess(state, body, body.token, expected_action)

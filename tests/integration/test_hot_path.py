@@ -1,0 +1,61 @@
+"""Both hot-path writers store the same rows, on the same PostgreSQL schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.db import create_engine, table_of
+from app.decisions.hot_path import AsyncpgHotPath, CoreHotPath, HotPath
+from app.decisions.models import Decision
+from app.settings import Settings
+
+
+def decision_row(decision_id: str) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id,
+        "operator_id": "acme",
+        "api_key_id": "key_1",
+        "decision": "deny",
+        "verdict": "fail",
+        "reason": "score_below_threshold",
+        "score": 0.3,
+        "threshold": 0.5,
+        "mode": "enforce",
+        "policy_version": 4,
+        "assessment_name": "projects/1/assessments/x",
+        "token_invalid_reason": None,
+        "risk_reasons": ["AUTOMATION", "UNEXPECTED_USAGE_PATTERNS"],
+        "upstream_error": None,
+        "evaluated_at": datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),
+        "session_ref": "s-1",
+        "evse_id": "DE*ACM*E1*1",
+    }
+
+
+@pytest.mark.parametrize("writer", [CoreHotPath, AsyncpgHotPath])
+async def test_writers_store_identical_rows_and_claim_once(
+    writer: type[HotPath], settings: Settings
+) -> None:
+    engine = create_engine(settings)
+    hot_path = writer(engine.execution_options(isolation_level="AUTOCOMMIT"))  # type: ignore[call-arg]
+    try:
+        now = datetime.now(UTC)
+        assert await hot_path.claim_token("a" * 64, now) is True
+        assert await hot_path.claim_token("a" * 64, now) is False
+        await hot_path.record_decision(decision_row("dec_1"))
+        decisions = table_of(Decision)
+        async with engine.connect() as conn:
+            stored = (await conn.execute(select(decisions))).mappings().one()
+        expected = {
+            **decision_row("dec_1"),
+            "outcome": None,
+            "outcome_reasons": None,
+            "outcome_at": None,
+        }
+        assert dict(stored) == expected
+    finally:
+        await engine.dispose()
