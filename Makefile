@@ -1,4 +1,4 @@
-# The two commands a newcomer needs: `make run` (start chargegate with embedded defaults)
+# The two commands a newcomer needs: `make run` (chargegate dev: embedded defaults, emulated Google)
 # and `make test` (the whole test suite). Both set up .venv from the lock files first.
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/chargegate serve
+	$(BIN)/chargegate dev
 
 test: $(STAMP)
 	$(BIN)/pytest

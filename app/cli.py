@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
+    dev = commands.add_parser(
+        "dev",
+        help="run the local stack on 127.0.0.1: chargegate with embedded SQLite under var/, "
+        "the reCAPTCHA Enterprise emulator and a demo portal at /demo",
+    )
+    dev.add_argument("--port", type=int, default=8000)
+
     admin = commands.add_parser("create-admin-key", help="print a new platform_admin API key")
     admin.add_argument("--name", default="admin (created with the CLI)")
 
@@ -97,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         _serve(args, settings)
     elif args.command == "migrate":
         migrate(settings)
+    elif args.command == "dev":
+        from app.dev.stack import run as run_dev
+
+        run_dev(args.port)
     elif args.command == "create-admin-key":
         if settings.is_embedded_database:
             migrate(settings)

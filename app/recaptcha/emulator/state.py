@@ -15,7 +15,7 @@ import string
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -265,6 +265,25 @@ class EmulatorState:
             ),
             "universe_domain": "googleapis.com",
         }
+
+    def add_service_account(self, key_file: Mapping[str, str]) -> ServiceAccount:
+        """Know a key file this emulator issued earlier (say, before a restart) again.
+
+        Its project must be known; the public key is taken from the file's private key."""
+        self.project(key_file["project_id"])
+        private_key = serialization.load_pem_private_key(key_file["private_key"].encode(), None)
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise ValueError("a service account key must be an RSA key")
+        account = ServiceAccount(
+            key_file["client_email"],
+            key_file["project_id"],
+            key_file["private_key_id"],
+            private_key.public_key(),
+            key_file["token_uri"],
+        )
+        with self._lock:
+            self.service_accounts[account.client_email] = account
+        return account
 
     def create_api_key(self, project_id: str) -> str:
         """An API key of the project (Google's look: 39 chars, "AIza…")."""
