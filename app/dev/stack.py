@@ -265,6 +265,7 @@ def _shell_values(url: str, site_key: str) -> dict[str, str]:
         "CHARGEGATE_URL": url,
         "CHARGEGATE_OPERATOR_ID": OPERATOR_ID,
         "CHARGEGATE_SITE_KEY": site_key,
+        "CHARGEGATE_GCP_PROJECT": PROJECT_ID,
         "CHARGEGATE_EMULATOR_URL": emulator,
         "CHARGEGATE_EMULATOR_TOKENS_URL": f"{emulator}/emulator/tokens",
     }
