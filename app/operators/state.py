@@ -1,20 +1,19 @@
 """What authorize needs of an operator (policy + decrypted credentials), cached briefly.
 
-Every replica re-reads an operator at most `ttl` seconds after it last did, so a
-policy or credential change is in force everywhere within that time; the replica
-that made the change drops its entry at once.
+Every replica re-reads an operator once its entry is `ttl` seconds old (serving the old
+one at most ttl/2 longer while the re-read runs), so a policy or credential change is in
+force everywhere within 1.5 times ttl; the replica that made the change drops its entry at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.cache import RefreshingCache
 from app.credentials.crypto import KeyRing, KeyRingError
 from app.credentials.models import StoredCredential
 from app.credentials.store import unseal
@@ -43,35 +42,17 @@ class OperatorStateCache:
     def __init__(self, engine: AsyncEngine, keyring: KeyRing, ttl: float) -> None:
         self._engine = engine
         self._keyring = keyring
-        self._ttl = ttl
-        self._entries: dict[str, tuple[float, OperatorState | None]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._cache: RefreshingCache[str, OperatorState | None] = RefreshingCache(
+            self._load, ttl=ttl, grace=ttl / 2, max_entries=self.MAX_ENTRIES
+        )
         # Unsealing and parsing a key costs more than reading it: keep the parsed one.
         self._unsealed: dict[tuple[str, bytes], GoogleCredential] = {}
 
     async def get(self, operator_id: str) -> OperatorState | None:
-        entry = self._entries.get(operator_id)
-        if entry is not None and time.monotonic() - entry[0] <= self._ttl:
-            return entry[1]
-        lock = self._locks.setdefault(operator_id, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(operator_id)
-            if entry is not None and time.monotonic() - entry[0] <= self._ttl:
-                return entry[1]
-            loaded_at = time.monotonic()
-            state = await self._load(operator_id)
-            if operator_id not in self._entries and len(self._entries) >= self.MAX_ENTRIES:
-                self._evict()
-            self._entries[operator_id] = (loaded_at, state)
-            return state
-
-    def _evict(self) -> None:
-        self._entries.clear()
-        # A lock in use stays: its waiters re-check the entries once they hold it.
-        self._locks = {key: lock for key, lock in self._locks.items() if lock.locked()}
+        return await self._cache.get(operator_id)
 
     def invalidate(self, operator_id: str) -> None:
-        self._entries.pop(operator_id, None)
+        self._cache.invalidate(operator_id)
 
     async def _load(self, operator_id: str) -> OperatorState | None:
         p = table_of(Policy)
