@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +42,9 @@ async def test_writers_store_identical_rows_and_claim_once(
     writer: type[HotPath], settings: Settings
 ) -> None:
     engine = create_engine(settings)
-    hot_path = writer(engine.execution_options(isolation_level="AUTOCOMMIT"))  # type: ignore[call-arg]
+    hot_path = writer(  # type: ignore[call-arg]
+        engine.execution_options(isolation_level="AUTOCOMMIT"), asyncio.Semaphore(2)
+    )
     try:
         now = datetime.now(UTC)
         assert await hot_path.claim_token("a" * 64, now) is True
