@@ -95,11 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     install_error_handlers(app)
+    # The authorize route is matched first: routes are tried in order on every request.
     for router in (
+        decisions_router,
         ops.router,
         operators_router,
         credentials_router,
-        decisions_router,
         api_keys_router,
     ):
         app.include_router(router)

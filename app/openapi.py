@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.decisions.schemas import AuthorizeIn
 from app.errors import PROBLEM_JSON
 
 PUBLIC_OPERATIONS = {"healthz", "readyz", "metrics", "getSiteKey"}
@@ -50,6 +51,10 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Problem"] = PROBLEM_SCHEMA
+    # authorize parses its own body (see its route), so FastAPI does not list the model.
+    schemas["AuthorizeIn"] = AuthorizeIn.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
     components["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "chargegate API key (cg_…)"}
     }

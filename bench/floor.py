@@ -2,7 +2,9 @@
 
 Parse the same body, one POST to the same upstream through a shared client built
 exactly like chargegate's (or a plain aiohttp session with FLOOR_CLIENT=aiohttp),
-one INSERT into Postgres, answer JSON. Run with uvicorn like chargegate.
+one INSERT into Postgres (plain SQL on a pooled asyncpg connection, the way chargegate's
+hot path writes; FLOOR_DB=sqlalchemy for a SQLAlchemy Core insert), answer JSON. Run with
+uvicorn like chargegate.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from app.recaptcha.http import build_http_client
 DATABASE_URL = os.environ["FLOOR_DATABASE_URL"]
 UPSTREAM = os.environ["FLOOR_UPSTREAM"]
 CLIENT = os.environ.get("FLOOR_CLIENT", "chargegate")
+DB_WAY = os.environ.get("FLOOR_DB", "asyncpg")
+INSERT_SQL = (
+    "INSERT INTO floor_decisions (decision_id, operator_id, decision, evaluated_at) "
+    "VALUES ($1, $2, $3, $4)"
+)
 
 metadata = MetaData()
 floor_decisions = Table(
@@ -40,7 +47,7 @@ floor_decisions = Table(
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    engine = create_async_engine(DATABASE_URL, pool_size=10, max_overflow=20)
+    engine = create_async_engine(DATABASE_URL, pool_size=20, max_overflow=0)  # as chargegate
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     app.state.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -74,15 +81,22 @@ async def authorize(body: AuthorizeIn, request: Request) -> Response:
         assessment = upstream_response.json()
     decision = "allow" if assessment["riskAnalysis"]["score"] >= 0.5 else "deny"
     decision_id = "dec_" + secrets.token_hex(12)
+    now = datetime.now(UTC)
     async with request.app.state.engine.connect() as conn:
-        await conn.execute(
-            insert(floor_decisions).values(
-                decision_id=decision_id,
-                operator_id=body.operator_id,
-                decision=decision,
-                evaluated_at=datetime.now(UTC),
+        if DB_WAY == "asyncpg":
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(
+                INSERT_SQL, decision_id, body.operator_id, decision, now
             )
-        )
+        else:
+            await conn.execute(
+                insert(floor_decisions).values(
+                    decision_id=decision_id,
+                    operator_id=body.operator_id,
+                    decision=decision,
+                    evaluated_at=now,
+                )
+            )
     return Response(
         json.dumps({"decision_id": decision_id, "decision": decision}),
         media_type="application/json",

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -215,33 +215,44 @@ async def _sql(dsn: str, statement: str) -> None:
         await conn.close()
 
 
-def run_target(
-    target: str,
-    args: list[str],
-    env: dict[str, str],
-    port: int,
-    upstream: str,
-    runs: int,
-    seconds: int,
-    api_key_for: Any,
-) -> tuple[list[Sample], dict[str, float]]:
+@dataclass
+class Running:
+    name: str
+    base_url: str
+    pid: int
+    api_key: str
+    mints_before: float = 0.0
+
+
+def start_target(
+    stack: ExitStack, name: str, args: list[str], env: dict[str, str], port: int, api_key_for: Any
+) -> Running:
     base_url = f"http://127.0.0.1:{port}"
+    ready = f"{base_url}/healthz" if name == "chargegate" else f"{base_url}/docs"
+    proc = stack.enter_context(process(args, env, ready))
+    target = Running(name, base_url, proc.pid, api_key_for(base_url))
+    wrk(base_url, 16, 2, target.api_key)  # warm-up: pools, caches, the access token
+    if name == "chargegate":
+        target.mints_before = token_mints(base_url)
+    return target
+
+
+def measure_interleaved(
+    targets: list[Running], upstream: str, runs: int, seconds: int
+) -> list[Sample]:
+    """Each run measures every target back to back, so drift of this shared machine
+    (other tenants, CPU frequency) lands on all of them alike and the ratios stay fair."""
     samples: list[Sample] = []
-    with process(
-        args, env, f"{base_url}/healthz" if target == "chargegate" else f"{base_url}/docs"
-    ) as proc:
-        api_key = api_key_for(base_url)
-        wrk(base_url, 16, 2, api_key)  # warm-up: pools, caches, the access token
-        mints_before = token_mints(base_url) if target == "chargegate" else 0.0
-        for scenario in SCENARIOS:
-            httpx.post(f"{upstream}/_delay", params={"ms": scenario.upstream_ms})
-            for _ in range(runs):
-                samples.append(measure(target, base_url, proc.pid, scenario, seconds, api_key))
-        extra = {"rss_mb_after": rss_mb(proc.pid)}
-        if target == "chargegate":
-            extra["token_mints_total"] = token_mints(base_url)
-            extra["token_mints_during_measurement"] = extra["token_mints_total"] - mints_before
-    return samples, extra
+    for scenario in SCENARIOS:
+        httpx.post(f"{upstream}/_delay", params={"ms": scenario.upstream_ms})
+        for _ in range(runs):
+            for target in targets:
+                samples.append(
+                    measure(
+                        target.name, target.base_url, target.pid, scenario, seconds, target.api_key
+                    )
+                )
+    return samples
 
 
 def median_table(samples: list[Sample]) -> list[dict[str, Any]]:
@@ -293,11 +304,15 @@ def main() -> int:
         subprocess.run(
             [str(BIN / "chargegate"), "migrate"], env={**os.environ, **env}, check=True, cwd=ROOT
         )
-        with process(
-            [str(BIN / "python"), "-m", "bench.fake_google", "--port", str(upstream_port)],
-            {},
-            f"{upstream}/_delay",
-        ):
+        with ExitStack() as stack:
+            stack.enter_context(
+                process(
+                    [str(BIN / "python"), "-m", "bench.fake_google", "--port", str(upstream_port)],
+                    {},
+                    f"{upstream}/_delay",
+                )
+            )
+            running: list[Running] = []
             for target in args.targets.split(","):
                 port = free_port()
                 if target == "chargegate":
@@ -332,11 +347,16 @@ def main() -> int:
                         "FLOOR_CLIENT": "aiohttp" if target == "floor-aiohttp" else "chargegate",
                     }
                     key_for = _floor_key
-                target_samples, extra = run_target(
-                    target, command, target_env, port, upstream, args.runs, args.seconds, key_for
-                )
-                samples += target_samples
-                extras[target] = extra
+                running.append(start_target(stack, target, command, target_env, port, key_for))
+            samples = measure_interleaved(running, upstream, args.runs, args.seconds)
+            for target in running:
+                extras[target.name] = {"rss_mb_after": rss_mb(target.pid)}
+                if target.name == "chargegate":
+                    mints = token_mints(target.base_url)
+                    extras[target.name]["token_mints_total"] = mints
+                    extras[target.name]["token_mints_during_measurement"] = (
+                        mints - target.mints_before
+                    )
     finally:
         asyncio.run(_sql(f"{PG}/postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 

@@ -5,14 +5,16 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, ValidationError
 
 from app.auth.deps import (
     Authenticated,
     OperatorAdmin,
     OperatorIdPath,
+    authenticate,
     require_operator,
     require_role,
 )
@@ -31,7 +33,7 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.metrics import AUTHORIZE_DURATION
 from app.operators import repository as operators_repo
 from app.schemas import decode_cursor, encode_cursor, invalid_cursor
-from app.services import ServicesDep
+from app.services import ServicesDep, services_of
 
 router = APIRouter()
 
@@ -68,18 +70,40 @@ def _idempotency_key(value: str | None) -> str | None:
         404: {"description": "Unknown operator"},
         409: {"description": "Idempotency-Key reused with a different body"},
         413: {"description": "Body over 64 KiB"},
+        422: {"description": "Invalid request"},
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/AuthorizeIn"}}
+            },
+        },
     },
 )
-async def authorize(
-    body: AuthorizeIn,
-    principal: Authenticated,
-    services: ServicesDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Response:
+async def authorize(request: Request) -> Response:
+    # The hot path: only `request` is declared, and the body is parsed here after the key
+    # is checked, which spares FastAPI's dependency and body machinery (same answers, less
+    # CPU per call; see bench/RESULTS.md). The OpenAPI description is given above.
     started = time.perf_counter()
-    key = _idempotency_key(idempotency_key)
+    principal = await authenticate(request)
+    key = _idempotency_key(request.headers.get("idempotency-key"))
+    try:
+        body = AuthorizeIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
+        ) from None
     require_operator(principal, body.operator_id, Role.BACKEND)
-    answer = await services.decisions.authorize(principal, body, key)
+    answer = await services_of(request).decisions.authorize(principal, body, key)
     AUTHORIZE_DURATION.observe(time.perf_counter() - started)
     # The answer is already JSON-shaped; validating it again would only cost time.
     return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")

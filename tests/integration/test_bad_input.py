@@ -66,7 +66,7 @@ async def test_invalid_authorize_bodies_are_422(
     await _nothing_happened(database, assessments)
 
 
-async def test_non_utf8_body_is_400(
+async def test_non_utf8_body_is_422(
     gate: Gate, backend: dict[str, str], assessments: respx.Route, database: str
 ) -> None:
     response = await gate.client.post(
@@ -74,7 +74,7 @@ async def test_non_utf8_body_is_400(
         content=b'{"operator_id": "acme", "token": "\xff\xfe"}',
         headers={**backend, "content-type": "application/json"},
     )
-    assert_problem(response, 400)
+    assert_problem(response, 422)
     await _nothing_happened(database, assessments)
 
 
