@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,6 +66,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.services = services
     outbox_task = asyncio.create_task(services.outbox.run(), name="annotation-outbox")
+    # Everything built so far lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise re-scan it under load.
+    gc.collect()
+    gc.freeze()
     log.info(
         "chargegate started",
         extra={
