@@ -42,8 +42,11 @@ async def test_writers_store_identical_rows_and_claim_once(
     writer: type[HotPath], settings: Settings
 ) -> None:
     engine = create_engine(settings)
-    hot_path = writer(  # type: ignore[call-arg]
-        engine.execution_options(isolation_level="AUTOCOMMIT"), asyncio.Semaphore(2)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    hot_path: HotPath = (
+        AsyncpgHotPath(autocommit, asyncio.Semaphore(2), 2)
+        if writer is AsyncpgHotPath
+        else CoreHotPath(autocommit, asyncio.Semaphore(2))
     )
     try:
         now = datetime.now(UTC)
@@ -60,5 +63,19 @@ async def test_writers_store_identical_rows_and_claim_once(
             "outcome_at": None,
         }
         assert dict(stored) == expected
+    finally:
+        await engine.dispose()
+
+
+async def test_the_same_token_twice_in_one_batch_is_claimed_once(settings: Settings) -> None:
+    engine = create_engine(settings)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    hot_path = AsyncpgHotPath(autocommit, asyncio.Semaphore(2), 2)
+    try:
+        now = datetime.now(UTC)
+        # One writer: the first claim goes alone, the rest queue into one batch.
+        tokens = ["b" * 64] + ["c" * 64] * 5 + ["d" * 64]
+        claimed = await asyncio.gather(*(hot_path.claim_token(t, now) for t in tokens))
+        assert claimed == [True, True, False, False, False, False, True]
     finally:
         await engine.dispose()
