@@ -33,14 +33,26 @@ class GroupCommit(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
+        if self._active < self._parallel and not self._waiting:
+            # Nobody to group with: write it from the caller's own task, no hand-off.
+            self._active += 1
+            try:
+                return (await self._write([item]))[0]
+            finally:
+                self._active -= 1
+                if self._waiting:
+                    self._start_writer()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._active < self._parallel:
-            self._active += 1
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_writer()
         return await future
+
+    def _start_writer(self) -> None:
+        self._active += 1
+        task = asyncio.create_task(self._drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
         try:
