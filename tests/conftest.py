@@ -36,6 +36,24 @@ GOOGLE = "https://recaptchaenterprise.test"
 PROJECT = "acme-project"
 SITE_KEY = "6LcTESTsitekey0000000000000000000000000"
 BOOTSTRAP_KEY = "cg_bootstrap-" + secrets.token_urlsafe(24)
+# The fields of an authorize answer, as API.md lists them.
+AUTHORIZE_RESPONSE_FIELDS = frozenset(
+    {
+        "decision_id",
+        "decision",
+        "verdict",
+        "reason",
+        "score",
+        "threshold",
+        "mode",
+        "policy_version",
+        "assessment_name",
+        "token_invalid_reason",
+        "risk_reasons",
+        "upstream_error",
+        "evaluated_at",
+    }
+)
 ENCRYPTION_KEYS = "t1:" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 

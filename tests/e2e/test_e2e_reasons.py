@@ -12,25 +12,11 @@ import httpx
 import pytest
 
 from app.recaptcha.emulator import EmulatorServer
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, AUTHORIZE_RESPONSE_FIELDS
 from tests.e2e.conftest import ACTION, HOSTNAME, Tenant, create_tenant
 
 ASSESSMENT_NAME = re.compile(r"^projects/\d{12}/assessments/[0-9a-f]{16}$")
-DECISION_FIELDS = {
-    "decision_id",
-    "decision",
-    "verdict",
-    "reason",
-    "score",
-    "threshold",
-    "mode",
-    "policy_version",
-    "assessment_name",
-    "token_invalid_reason",
-    "risk_reasons",
-    "upstream_error",
-    "evaluated_at",
-}
+DECISION_FIELDS = AUTHORIZE_RESPONSE_FIELDS
 
 
 def f32(value: float) -> float:

@@ -23,6 +23,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import (
     ADMIN,
+    AUTHORIZE_RESPONSE_FIELDS,
     GOOGLE,
     PROJECT,
     SITE_KEY,
@@ -36,21 +37,7 @@ from tests.conftest import (
 AUTHORIZE = "/sessions/authorize"
 ASSESSMENTS = f"{GOOGLE}/v1/projects/{PROJECT}/assessments"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
-RESPONSE_FIELDS = {
-    "decision_id",
-    "decision",
-    "verdict",
-    "reason",
-    "score",
-    "threshold",
-    "mode",
-    "policy_version",
-    "assessment_name",
-    "token_invalid_reason",
-    "risk_reasons",
-    "upstream_error",
-    "evaluated_at",
-}
+RESPONSE_FIELDS = AUTHORIZE_RESPONSE_FIELDS
 
 
 def new_token() -> str:

@@ -13,24 +13,10 @@ import httpx
 import pytest
 import respx
 
-from tests.conftest import ADMIN, Gate, bearer
+from tests.conftest import ADMIN, AUTHORIZE_RESPONSE_FIELDS, Gate, bearer
 
 LISTING = "/operators/acme/decisions"
-AUTHORIZE_FIELDS = {
-    "decision_id",
-    "decision",
-    "verdict",
-    "reason",
-    "score",
-    "threshold",
-    "mode",
-    "policy_version",
-    "assessment_name",
-    "token_invalid_reason",
-    "risk_reasons",
-    "upstream_error",
-    "evaluated_at",
-}
+AUTHORIZE_FIELDS = AUTHORIZE_RESPONSE_FIELDS
 ITEM_FIELDS = AUTHORIZE_FIELDS | {"session_ref", "evse_id", "outcome"}
 
 
