@@ -57,7 +57,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings=settings,
         engine=engine,
         keyring=keyring,
-        http=http,
         recaptcha=recaptcha,
         api_keys=ApiKeyCache(reader, settings.state_cache_seconds, settings.bootstrap_admin_key),
         operators=operators,

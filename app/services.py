@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,7 +24,6 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     keyring: KeyRing
-    http: httpx.AsyncClient
     recaptcha: RecaptchaClient
     api_keys: ApiKeyCache
     operators: OperatorStateCache

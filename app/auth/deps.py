@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
@@ -24,6 +24,12 @@ async def authenticate(request: Request) -> Principal:
 
 
 Authenticated = Annotated[Principal, Depends(authenticate)]
+
+# The OpenAPI description of the answers every authenticated operation may give.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, unknown, revoked or expired API key"},
+    403: {"description": "The key lacks the role or the operator"},
+}
 
 
 def require_role(principal: Principal, *roles: Role) -> None:

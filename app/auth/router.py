@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Response
 from sqlalchemy import func, select
 
 from app.auth import repository
-from app.auth.deps import PlatformAdmin
+from app.auth.deps import AUTH_ERRORS, PlatformAdmin
 from app.auth.keys import Role
 from app.auth.schemas import ApiKeyIn, ApiKeyOut
 from app.db import table_of, utcnow
@@ -33,8 +33,7 @@ def _invalid(field: str, message: str) -> InvalidRequest:
     response_model=ApiKeyOut,
     operation_id="createApiKey",
     responses={
-        401: {"description": "Unauthorized"},
-        403: {"description": "Not a platform_admin key"},
+        **AUTH_ERRORS,
     },
 )
 async def create_api_key(
@@ -75,8 +74,7 @@ async def create_api_key(
     status_code=204,
     operation_id="revokeApiKey",
     responses={
-        401: {"description": "Unauthorized"},
-        403: {"description": "Not a platform_admin key"},
+        **AUTH_ERRORS,
         404: {"description": "Unknown or already revoked key"},
     },
 )

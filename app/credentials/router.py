@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.audit import repository as audit
-from app.auth.deps import OperatorAdmin, OperatorIdPath
+from app.auth.deps import AUTH_ERRORS, OperatorAdmin, OperatorIdPath
 from app.credentials import store
 from app.credentials.schemas import CredentialsIn, CredentialsMetadata, VerifyResult
 from app.credentials.verify import verify_configuration
@@ -18,8 +18,7 @@ from app.services import ServicesDep
 router = APIRouter(tags=["operator"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, unknown, revoked or expired API key"},
-    403: {"description": "The key lacks the role or the operator"},
+    **AUTH_ERRORS,
     404: {"description": "Unknown operator (or no credentials)"},
 }
 

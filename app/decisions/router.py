@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import AwareDatetime, ValidationError
 
 from app.auth.deps import (
+    AUTH_ERRORS,
     Authenticated,
     OperatorAdmin,
     OperatorIdPath,
@@ -37,11 +38,6 @@ from app.services import ServicesDep, services_of
 
 router = APIRouter()
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, unknown, revoked or expired API key"},
-    403: {"description": "The key lacks the role or the operator"},
-}
-
 
 def _idempotency_key(value: str | None) -> str | None:
     if value is None:
@@ -66,7 +62,7 @@ def _idempotency_key(value: str | None) -> str | None:
     tags=["backend"],
     operation_id="authorizeSession",
     responses={
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
         404: {"description": "Unknown operator"},
         409: {"description": "Idempotency-Key reused with a different body"},
         413: {"description": "Body over 64 KiB"},
@@ -116,7 +112,7 @@ async def authorize(request: Request) -> Response:
     tags=["backend"],
     operation_id="reportOutcome",
     responses={
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
         404: {"description": "Unknown decision (or one of another operator)"},
         409: {"description": "The decision has no assessment to annotate"},
     },
@@ -150,7 +146,7 @@ async def report_outcome(
     response_model=DecisionPage,
     tags=["operator"],
     operation_id="listDecisions",
-    responses={**_AUTH_ERRORS, 404: {"description": "Unknown operator"}},
+    responses={**AUTH_ERRORS, 404: {"description": "Unknown operator"}},
 )
 async def list_decisions(
     operator_id: OperatorIdPath,

@@ -80,11 +80,6 @@ async def save_policy(
     )
 
 
-async def credential_row(conn: AsyncConnection, operator_id: str) -> Row[Any] | None:
-    query = select(_credentials).where(_credentials.c.operator_id == operator_id)
-    return (await conn.execute(query)).one_or_none()
-
-
 async def credential_meta(conn: AsyncConnection, operator_id: str) -> dict[str, Any] | None:
     query = select(_credentials.c.meta).where(_credentials.c.operator_id == operator_id)
     meta: dict[str, Any] | None = (await conn.execute(query)).scalar_one_or_none()

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Response
 
 from app.audit import repository as audit
-from app.auth.deps import OperatorAdmin, OperatorIdPath, PlatformAdmin
+from app.auth.deps import AUTH_ERRORS, OperatorAdmin, OperatorIdPath, PlatformAdmin
 from app.db import utcnow
 from app.errors import Conflict, NotFound
 from app.operators import repository as repo
@@ -29,12 +29,8 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[str | None, Query(max_length=512)]
 IfMatch = Annotated[str | None, Header(max_length=200)]
 
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, unknown, revoked or expired API key"},
-    403: {"description": "The key lacks the role or the operator"},
-}
 _OPERATOR_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_UNAUTHORIZED,
+    **AUTH_ERRORS,
     404: {"description": "Unknown operator"},
 }
 
@@ -45,7 +41,7 @@ _OPERATOR_ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=OperatorOut,
     tags=["platform"],
     operation_id="createOperator",
-    responses={**_UNAUTHORIZED, 409: {"description": "The operator exists already"}},
+    responses={**AUTH_ERRORS, 409: {"description": "The operator exists already"}},
 )
 async def create_operator(
     body: OperatorIn, principal: PlatformAdmin, services: ServicesDep
@@ -71,7 +67,7 @@ async def create_operator(
     response_model=OperatorPage,
     tags=["platform"],
     operation_id="listOperators",
-    responses=_UNAUTHORIZED,
+    responses=AUTH_ERRORS,
 )
 async def list_operators(
     principal: PlatformAdmin, services: ServicesDep, limit: Limit = 50, cursor: Cursor = None
