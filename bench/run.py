@@ -215,6 +215,45 @@ async def _sql(dsn: str, statement: str) -> None:
         await conn.close()
 
 
+@contextmanager
+def fresh_database(prefix: str = "chargegate_bench") -> Iterator[str]:
+    """A new, empty PostgreSQL database for one run (dropped afterwards); yields its DSN."""
+    database = f"{prefix}_{os.getpid()}"
+    asyncio.run(_sql(f"{PG}/postgres", f'CREATE DATABASE "{database}"'))
+    try:
+        yield f"{PG}/{database}"
+    finally:
+        asyncio.run(_sql(f"{PG}/postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def chargegate_env(dsn: str, upstream: str) -> dict[str, str]:
+    """The environment of a bench chargegate: its database, the fake upstream, keys."""
+    return {
+        "CHARGEGATE_DATABASE_URL": dsn,
+        "CHARGEGATE_RECAPTCHA_BASE_URL": upstream,
+        "CHARGEGATE_ENCRYPTION_KEYS": "bench:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "CHARGEGATE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+        "CHARGEGATE_LOG_LEVEL": "WARNING",
+    }
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(BIN / "chargegate"), "migrate"], env={**os.environ, **env}, check=True, cwd=ROOT
+    )
+
+
+@contextmanager
+def fake_upstream() -> Iterator[str]:
+    """bench/fake_google.py on a free port; yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process(
+        [str(BIN / "python"), "-m", "bench.fake_google", "--port", str(port)], {}, f"{url}/_delay"
+    ):
+        yield url
+
+
 @dataclass
 class Running:
     name: str
@@ -285,80 +324,55 @@ def main() -> int:
     parser.add_argument("--targets", default="chargegate,floor,floor-aiohttp")
     args = parser.parse_args()
 
-    database = f"chargegate_bench_{os.getpid()}"
-    asyncio.run(_sql(f"{PG}/postgres", f'CREATE DATABASE "{database}"'))
-    dsn = f"{PG}/{database}"
-    upstream_port = free_port()
-    upstream = f"http://127.0.0.1:{upstream_port}"
     samples: list[Sample] = []
     extras: dict[str, dict[str, float]] = {}
-    try:
-        env = {
-            "CHARGEGATE_DATABASE_URL": dsn,
-            "CHARGEGATE_RECAPTCHA_BASE_URL": upstream,
-            "CHARGEGATE_ENCRYPTION_KEYS": "bench:"
-            + base64.b64encode(secrets.token_bytes(32)).decode(),
-            "CHARGEGATE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
-            "CHARGEGATE_LOG_LEVEL": "WARNING",
-        }
-        subprocess.run(
-            [str(BIN / "chargegate"), "migrate"], env={**os.environ, **env}, check=True, cwd=ROOT
-        )
-        with ExitStack() as stack:
-            stack.enter_context(
-                process(
-                    [str(BIN / "python"), "-m", "bench.fake_google", "--port", str(upstream_port)],
-                    {},
-                    f"{upstream}/_delay",
-                )
-            )
-            running: list[Running] = []
-            for target in args.targets.split(","):
-                port = free_port()
-                if target == "chargegate":
-                    command = [
-                        str(BIN / "chargegate"),
-                        "serve",
-                        "--port",
-                        str(port),
-                        "--workers",
-                        "1",
-                    ]
-                    target_env, key_for = env, set_up_chargegate
-                else:
-                    command = [
-                        str(BIN / "uvicorn"),
-                        "bench.floor:app",
-                        "--port",
-                        str(port),
-                        "--workers",
-                        "1",
-                        "--loop",
-                        "uvloop",
-                        "--http",
-                        "httptools",
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                    ]
-                    target_env = {
-                        "FLOOR_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
-                        "FLOOR_UPSTREAM": upstream,
-                        "FLOOR_CLIENT": "aiohttp" if target == "floor-aiohttp" else "chargegate",
-                    }
-                    key_for = _floor_key
-                running.append(start_target(stack, target, command, target_env, port, key_for))
-            samples = measure_interleaved(running, upstream, args.runs, args.seconds)
-            for target in running:
-                extras[target.name] = {"rss_mb_after": rss_mb(target.pid)}
-                if target.name == "chargegate":
-                    mints = token_mints(target.base_url)
-                    extras[target.name]["token_mints_total"] = mints
-                    extras[target.name]["token_mints_during_measurement"] = (
-                        mints - target.mints_before
-                    )
-    finally:
-        asyncio.run(_sql(f"{PG}/postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    with fresh_database() as dsn, ExitStack() as stack:
+        upstream = stack.enter_context(fake_upstream())
+        env = chargegate_env(dsn, upstream)
+        migrate(env)
+        running: list[Running] = []
+        for target in args.targets.split(","):
+            port = free_port()
+            if target == "chargegate":
+                command = [
+                    str(BIN / "chargegate"),
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ]
+                target_env, key_for = env, set_up_chargegate
+            else:
+                command = [
+                    str(BIN / "uvicorn"),
+                    "bench.floor:app",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ]
+                target_env = {
+                    "FLOOR_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
+                    "FLOOR_UPSTREAM": upstream,
+                    "FLOOR_CLIENT": "aiohttp" if target == "floor-aiohttp" else "chargegate",
+                }
+                key_for = _floor_key
+            running.append(start_target(stack, target, command, target_env, port, key_for))
+        samples = measure_interleaved(running, upstream, args.runs, args.seconds)
+        for target in running:
+            extras[target.name] = {"rss_mb_after": rss_mb(target.pid)}
+            if target.name == "chargegate":
+                mints = token_mints(target.base_url)
+                extras[target.name]["token_mints_total"] = mints
+                extras[target.name]["token_mints_during_measurement"] = mints - target.mints_before
 
     rows = median_table(samples)
     out = ROOT / "bench" / "out"
