@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import DateTime, MetaData, Table, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -73,6 +75,32 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # A short connect timeout keeps /readyz and requests answering while Postgres is down.
         connect_args={"timeout": 3, "server_settings": {"application_name": "chargegate"}},
     )
+
+
+# SQLSTATE classes that mean "the database is not there right now": connection exception,
+# insufficient resources (too many connections), operator intervention (shutdown, starting up).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot be reached or is going away, as opposed
+    to a statement that is wrong; follows SQLAlchemy's and the drivers' wrapping."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | TimeoutError | sa_exc.TimeoutError):
+            return True  # refused, reset, unreachable; connect or pool-checkout timeout
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, asyncpg.InterfaceError):
+            return True  # "connection is closed"
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -26,6 +26,7 @@ from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.openapi import problem_openapi
 from app.operators.router import router as operators_router
 from app.operators.state import OperatorStateCache
+from app.recaptcha.breaker import CircuitBreaker
 from app.recaptcha.client import RecaptchaClient
 from app.recaptcha.http import build_http_client
 from app.recaptcha.tokens import AccessTokenProvider
@@ -45,20 +46,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.critical("cannot start: %s", exc)
         raise
     engine = create_engine(settings)
-    http = build_http_client()
+    http = build_http_client(settings.upstream_max_concurrency)
     tokens = AccessTokenProvider(http, settings.google_auth)
     recaptcha = RecaptchaClient(
-        http, settings.recaptcha_base_url, tokens, settings.upstream_timeout_seconds
+        http,
+        settings.recaptcha_base_url,
+        tokens,
+        settings.upstream_timeout_seconds,
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds),
+        max_concurrency=settings.upstream_max_concurrency,
     )
     # The caches' reads are single SELECTs: autocommit spares them BEGIN and ROLLBACK.
     reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-    operators = OperatorStateCache(reader, keyring, settings.state_cache_seconds)
+    stale = settings.stale_state_seconds
+    operators = OperatorStateCache(reader, keyring, settings.state_cache_seconds, stale)
     services = Services(
         settings=settings,
         engine=engine,
         keyring=keyring,
         recaptcha=recaptcha,
-        api_keys=ApiKeyCache(reader, settings.state_cache_seconds, settings.bootstrap_admin_key),
+        api_keys=ApiKeyCache(
+            reader, settings.state_cache_seconds, settings.bootstrap_admin_key, stale
+        ),
         operators=operators,
         decisions=DecisionService(engine, operators, recaptcha, settings.upstream_timeout_seconds),
         outbox=AnnotationOutbox(engine, operators, recaptcha, settings.outbox_poll_seconds),

@@ -30,6 +30,15 @@ ACCESS_TOKEN_MINTS = Counter(
     "chargegate_access_token_mints_total",
     "Google access tokens minted (self-signed JWT or token exchange).",
 )
+BREAKER_OPEN = Gauge(
+    "chargegate_breaker_open",
+    "1 while the circuit breaker of a Google project is open (calls answered per fail_mode).",
+    ["project"],
+)
+UPSTREAM_WAITING = Gauge(
+    "chargegate_upstream_waiting",
+    "Calls to Google waiting for one of the CHARGEGATE_UPSTREAM_MAX_CONCURRENCY slots.",
+)
 ANNOTATIONS = Counter(
     "chargegate_annotations_total",
     "Annotation deliveries to Google by result (delivered, retry, rejected, expired).",
@@ -38,4 +47,10 @@ ANNOTATIONS = Counter(
 ANNOTATION_BACKLOG = Gauge(
     "chargegate_annotation_backlog",
     "Annotations waiting for delivery, as of the last outbox poll.",
+)
+RATE_LIMITED = Counter(
+    "chargegate_rate_limited_total",
+    "Authorize calls refused with 429, by the limit that refused them "
+    "(key, operator, key_concurrency).",
+    ["scope"],
 )

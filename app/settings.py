@@ -40,7 +40,12 @@ class Settings(BaseSettings):
     # Resilience settings of API.md (used by the resilience work).
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
+    # Calls to Google in flight at once (the HTTP pool's size too); more wait, within their
+    # deadline, for a slot: a slow Google cannot pile up sockets and memory.
+    upstream_max_concurrency: int = Field(default=200, ge=1, le=10_000)
     key_rate_limit: float | None = Field(default=None, gt=0)
+    # Per replica, in memory; the benchmark drives 200 concurrent calls with one key.
+    key_max_concurrent_authorize: int = Field(default=256, ge=1)
     stale_state_seconds: float = Field(default=300.0, ge=0)
     decision_buffer: int = Field(default=10000, ge=0)
     shutdown_grace_seconds: float = Field(default=15.0, gt=0)

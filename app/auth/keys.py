@@ -67,7 +67,13 @@ class ApiKeyCache:
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, engine: AsyncEngine, ttl: float, bootstrap_key: SecretStr | None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        ttl: float,
+        bootstrap_key: SecretStr | None,
+        stale: float = 0.0,
+    ) -> None:
         self._engine = engine
         self._bootstrap_sha = (
             hashlib.sha256(bootstrap_key.get_secret_value().encode()).digest()
@@ -75,7 +81,7 @@ class ApiKeyCache:
             else None
         )
         self._records: RefreshingCache[str, _KeyRecord | None] = RefreshingCache(
-            self._load, ttl=ttl, grace=ttl / 2, max_entries=self.MAX_ENTRIES
+            self._load, ttl=ttl, grace=ttl / 2, max_entries=self.MAX_ENTRIES, stale=stale
         )
 
     async def principal_for(self, raw_key: str) -> Principal | None:

@@ -39,11 +39,13 @@ class OperatorStateCache:
     # are cached too, so the cache must not grow with every id a client makes up.
     MAX_ENTRIES = 10_000
 
-    def __init__(self, engine: AsyncEngine, keyring: KeyRing, ttl: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, keyring: KeyRing, ttl: float, stale: float = 0.0
+    ) -> None:
         self._engine = engine
         self._keyring = keyring
         self._cache: RefreshingCache[str, OperatorState | None] = RefreshingCache(
-            self._load, ttl=ttl, grace=ttl / 2, max_entries=self.MAX_ENTRIES
+            self._load, ttl=ttl, grace=ttl / 2, max_entries=self.MAX_ENTRIES, stale=stale
         )
         # Unsealing and parsing a key costs more than reading it: keep the parsed one.
         self._unsealed: dict[tuple[str, bytes], GoogleCredential] = {}
@@ -77,6 +79,7 @@ class OperatorStateCache:
             fail_mode=FailMode(row.fail_mode),
             site_key=row.site_key,
             gcp_project_id=row.gcp_project_id,
+            max_authorize_per_minute=row.max_authorize_per_minute,
         )
         credential = None
         if row.sealed is not None:

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import httpx
 
 from app.credentials.types import GoogleCredential, ServiceAccountKey
-from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS
+from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS, UPSTREAM_WAITING
+from app.recaptcha.breaker import CircuitBreaker
 from app.recaptcha.http import retry_after, send, transport_failure
 from app.recaptcha.tokens import AccessTokenProvider
 from app.recaptcha.types import Assessment, UpstreamError, UpstreamErrorKind
@@ -34,17 +35,35 @@ class RecaptchaClient:
         base_url: str,
         tokens: AccessTokenProvider,
         timeout_seconds: float,
+        *,
+        breaker: CircuitBreaker | None = None,
+        max_concurrency: int = 200,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._tokens = tokens
         self._timeout = timeout_seconds
+        self.breaker = breaker or CircuitBreaker(failures=5, cooldown=10.0)
+        # FIFO slots: a call waits for one within its own deadline, then times out.
+        self._slots = asyncio.Semaphore(max_concurrency)
 
     async def create_assessment(
         self, cred: GoogleCredential, project_id: str, event: dict[str, str]
     ) -> Assessment:
         url = f"{self._base}/v1/projects/{_segment(project_id, 'project id')}/assessments"
-        return await self._call(cred, "POST", url, parse_assessment, {"event": event})
+        if not self.breaker.admit(project_id):
+            raise UpstreamError.of(UpstreamErrorKind.CIRCUIT_OPEN, "circuit breaker open")
+        try:
+            assessment = await self._call(cred, "POST", url, parse_assessment, {"event": event})
+        except UpstreamError as exc:
+            failure = exc.failure
+            self.breaker.failed(project_id, failure.kind, failure.retry_after_seconds)
+            raise
+        except BaseException:
+            self.breaker.abandoned(project_id)
+            raise
+        self.breaker.succeeded(project_id)
+        return assessment
 
     async def annotate(
         self, cred: GoogleCredential, assessment_name: str, annotation: str, reasons: list[str]
@@ -99,10 +118,14 @@ class RecaptchaClient:
         """The JSON object Google answered, within one deadline for token, retries and body."""
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
-                headers = await self._tokens.auth_headers(cred, deadline)
-                response = await send(
-                    self._http, method, url, deadline=deadline, headers=headers, json=json
-                )
+                await self._take_slot()
+                try:
+                    headers = await self._tokens.auth_headers(cred, deadline)
+                    response = await send(
+                        self._http, method, url, deadline=deadline, headers=headers, json=json
+                    )
+                finally:
+                    self._slots.release()
         except TimeoutError:
             raise UpstreamError.of(
                 UpstreamErrorKind.TIMEOUT, "no answer within the deadline"
@@ -134,6 +157,16 @@ class RecaptchaClient:
         else:
             kind = UpstreamErrorKind.BAD_RESPONSE
         raise UpstreamError.of(kind, _error_detail(response), status, retry_after(response))
+
+    async def _take_slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        UPSTREAM_WAITING.inc()
+        try:
+            await self._slots.acquire()
+        finally:
+            UPSTREAM_WAITING.dec()
 
     @staticmethod
     def _record(outcome: str, started: float) -> None:

@@ -27,7 +27,7 @@ RETRY_DELAY_SECONDS = (0.05, 0.2)
 MIN_ATTEMPT_SECONDS = 0.05
 
 
-def build_http_client() -> httpx.AsyncClient:
+def build_http_client(max_connections: int = 200) -> httpx.AsyncClient:
     """The shared client: httpx's API over the aiohttp transport (see DESIGN.md)."""
     # HttpxAiohttpClient builds an AiohttpTransport from these limits, and uses the same
     # transport for proxies taken from the environment (plain AsyncClient would fall back
@@ -35,7 +35,9 @@ def build_http_client() -> httpx.AsyncClient:
     return HttpxAiohttpClient(
         timeout=DEFAULT_TIMEOUT,
         limits=httpx.Limits(
-            max_connections=200, max_keepalive_connections=200, keepalive_expiry=KEEPALIVE_SECONDS
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_SECONDS,
         ),
         follow_redirects=False,
     )

@@ -89,7 +89,7 @@ async def test_a_failed_background_reload_is_logged_and_raised_past_the_grace(
     with caplog.at_level(logging.WARNING, logger="chargegate.cache"):
         assert await cache.get("k") == 1
         await asyncio.sleep(0.01)
-    assert "state reload failed" in caplog.text
+    assert "state reloads failing" in caplog.text
     await asyncio.sleep(0.05)
     with pytest.raises(RuntimeError):
         await cache.get("k")
@@ -101,3 +101,45 @@ async def test_the_cache_never_holds_more_than_max_entries() -> None:
     for n in range(10):
         await cache.get(f"k{n}")
     assert len(cache._entries) <= 3
+
+
+async def test_while_loads_fail_the_last_value_is_served_up_to_the_stale_limit() -> None:
+    source = Source()
+    cache = RefreshingCache(source.load, ttl=0.01, grace=0.01, stale=0.3, retry=0.05)
+    assert await cache.get("k") == 1
+    source.fail = True
+    await asyncio.sleep(0.03)
+    # Past ttl + grace: the reload fails, the last known value is served.
+    assert await cache.get("k") == 1
+    loads_after_first_failure = source.loads
+    # While failing, callers get the value at once and reloads are tried once per `retry`.
+    assert await asyncio.gather(*(cache.get("k") for _ in range(20))) == [1] * 20
+    assert source.loads == loads_after_first_failure
+    await asyncio.sleep(0.3)
+    # Past the stale limit the failure is the caller's.
+    with pytest.raises(RuntimeError):
+        await cache.get("k")
+
+
+async def test_after_a_failure_spell_a_working_load_replaces_the_stale_value() -> None:
+    source = Source()
+    cache = RefreshingCache(source.load, ttl=0.01, grace=0.01, stale=5, retry=0.02)
+    await cache.get("k")
+    source.fail = True
+    await asyncio.sleep(0.03)
+    assert await cache.get("k") == 1
+    source.fail, source.value = False, 2
+    await asyncio.sleep(0.03)
+    await cache.get("k")  # kicks the retry
+    await asyncio.sleep(0.01)
+    assert await cache.get("k") == 2
+
+
+async def test_without_a_stale_allowance_a_failed_load_is_raised() -> None:
+    source = Source()
+    cache = RefreshingCache(source.load, ttl=0.01, grace=0.01)
+    await cache.get("k")
+    source.fail = True
+    await asyncio.sleep(0.03)
+    with pytest.raises(RuntimeError):
+        await cache.get("k")
