@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from app.logging import configure_logging
+    from app.main import REQUESTS_BUDGET
 
     configure_logging(settings.log_level)
     if settings.is_embedded_database:
@@ -41,7 +42,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds * REQUESTS_BUDGET)),
     )
 
 
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     admin = commands.add_parser("create-admin-key", help="print a new platform_admin API key")
     admin.add_argument("--name", default="admin (created with the CLI)")
 
+    commands.add_parser(
+        "rotate-encryption-key",
+        help="re-encrypt every stored credential under the first key of "
+        "CHARGEGATE_ENCRYPTION_KEYS (safe while the service runs; exit 1 if any cannot be)",
+    )
+
     emulator = commands.add_parser(
         "emulator", help="run the offline reCAPTCHA Enterprise emulator (development and tests)"
     )
@@ -112,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         if settings.is_embedded_database:
             migrate(settings)
         print(asyncio.run(_create_admin_key(settings, args.name)))
+    elif args.command == "rotate-encryption-key":
+        from app.credentials.rotate import main as rotate_encryption_key
+
+        if settings.is_embedded_database:
+            migrate(settings)
+        return rotate_encryption_key(settings)
     elif args.command == "emulator":
         from app.recaptcha.emulator import run
 

@@ -77,14 +77,29 @@ def prepare(body: ServiceAccountKeyIn | ApiKeyIn) -> tuple[dict[str, Any], dict[
     return body.model_dump(), meta
 
 
+def _bound_to(operator_id: str) -> bytes:
+    """The AES-GCM associated data: a sealed secret opens only for the operator it was for."""
+    return operator_id.encode()
+
+
 def seal(keyring: KeyRing, operator_id: str, payload: dict[str, Any]) -> tuple[str, bytes]:
-    return keyring.seal(json.dumps(payload).encode(), operator_id.encode())
+    return keyring.seal(json.dumps(payload).encode(), _bound_to(operator_id))
+
+
+def reseal(keyring: KeyRing, operator_id: str, key_id: str, sealed: bytes) -> tuple[str, bytes]:
+    """The same secret sealed anew under the primary key, still bound to its operator.
+
+    Raises KeyRingError when the ring cannot open it (its key is gone, or it is not this
+    operator's). The plaintext never leaves this function.
+    """
+    associated = _bound_to(operator_id)
+    return keyring.seal(keyring.open(key_id, sealed, associated), associated)
 
 
 def unseal(
     keyring: KeyRing, operator_id: str, key_id: str, sealed: bytes, fingerprint: str
 ) -> GoogleCredential:
-    payload = json.loads(keyring.open(key_id, sealed, operator_id.encode()))
+    payload = json.loads(keyring.open(key_id, sealed, _bound_to(operator_id)))
     if payload["type"] == "api_key":
         return ApiKeyCredential(api_key=payload["api_key"], fingerprint=fingerprint)
     return ServiceAccountKey(
