@@ -152,7 +152,7 @@ def authenticate(
             raise _unauthenticated("ACCESS_TOKEN_TYPE_UNSUPPORTED", method)
         return _bearer(state, token.strip(), method)
     if api_key:
-        project_id = state.api_keys.get(api_key)
+        project_id = state.api_key_project(api_key)
         if project_id is None:
             # Google answers a wrong API key with 400, not 401/403.
             raise ApiError(400, wire.API_KEY_INVALID, [wire.error_info("API_KEY_INVALID")])
@@ -162,7 +162,7 @@ def authenticate(
 
 def _bearer(state: EmulatorState, token: str, method: str) -> Principal:
     now = state.clock()
-    access = state.access_tokens.get(token)
+    access = state.access_token(token)
     if access is not None:
         if access.expires_at <= now:
             raise _unauthenticated("ACCESS_TOKEN_EXPIRED", method)

@@ -173,8 +173,10 @@ class EmulatorState:
     projects: dict[str, Project] = field(default_factory=dict)
     keys: dict[str, SiteKey] = field(default_factory=dict)
     service_accounts: dict[str, ServiceAccount] = field(default_factory=dict)
-    api_keys: dict[str, str] = field(default_factory=dict)  # api key → project id
-    access_tokens: dict[str, AccessToken] = field(default_factory=dict)
+    # Secrets are held and looked up by their SHA-256 (see secret_digest), never compared as
+    # given: a dict lookup's final equality check then runs on digests, not on the secret.
+    api_keys: dict[bytes, str] = field(default_factory=dict)  # digest of api key → project id
+    access_tokens: dict[bytes, AccessToken] = field(default_factory=dict)  # by digest
     issued_tokens: dict[str, TokenClaims] = field(default_factory=dict)  # by nonce
     used_tokens: set[str] = field(default_factory=set)  # nonces already assessed
     assessments: dict[str, AssessmentRecord] = field(default_factory=dict)  # by name
@@ -290,7 +292,7 @@ class EmulatorState:
         self.project(project_id)
         key = "AIza" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(35))
         with self._lock:
-            self.api_keys[key] = project_id
+            self.api_keys[secret_digest(key)] = project_id
         return key
 
     def add_fault(
@@ -396,6 +398,14 @@ class EmulatorState:
             raise ValueError("the emulator's address is not known yet: pass token_uri")
         return self.base_url.rstrip("/") + "/token"
 
+    def api_key_project(self, api_key: str) -> str | None:
+        """The project of an API key this emulator created, or None."""
+        return self.api_keys.get(secret_digest(api_key))
+
+    def access_token(self, value: str) -> AccessToken | None:
+        """An access token minted at /token, or None."""
+        return self.access_tokens.get(secret_digest(value))
+
     def take_fault(self, project_id: str, target: FaultTarget) -> FaultPlan | None:
         """The first plan for this call, counted down (and dropped when used up)."""
         with self._lock:
@@ -412,7 +422,7 @@ class EmulatorState:
         value = "ya29.emu-" + secrets.token_urlsafe(48)
         expires_at = self.clock() + ACCESS_TOKEN_LIFETIME_SECONDS
         with self._lock:
-            self.access_tokens[value] = AccessToken(
+            self.access_tokens[secret_digest(value)] = AccessToken(
                 account.client_email, account.project_id, expires_at
             )
             self.token_exchanges += 1
@@ -471,3 +481,8 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def secret_digest(value: str) -> bytes:
+    """What a secret (API key, access token) is stored and looked up by."""
+    return hashlib.sha256(value.encode()).digest()
