@@ -35,5 +35,23 @@ class Policy(Base):
     fail_mode: Mapped[str] = mapped_column(String(16))
     site_key: Mapped[str | None] = mapped_column(String(100))
     gcp_project_id: Mapped[str | None] = mapped_column(String(100))
+    max_authorize_per_minute: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class RateLimitState(Base):
+    """The shared state of app/ratelimit.py: one row per limited API key or operator.
+
+    Kept here, with the operator tables, so that Alembic sees it through app.models.
+    scope "key": a token bucket, `tokens` left as of `updated_at` (the database's clock);
+    scope "operator": a per-minute window, `tokens` calls counted in the minute starting
+    at `updated_at`.
+    """
+
+    __tablename__ = "rate_limits"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -28,6 +28,8 @@ class PolicySnapshot:
     fail_mode: FailMode = FailMode.CLOSED
     site_key: str | None = None
     gcp_project_id: str | None = None
+    # Authorize calls per UTC minute across all replicas (app/ratelimit.py); None: no limit.
+    max_authorize_per_minute: int | None = None
 
 
 DEFAULT_POLICY = PolicySnapshot(version=1)

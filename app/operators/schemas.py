@@ -10,7 +10,9 @@ from app.schemas import NoNul, OperatorId, StrictModel
 READ_ONLY_POLICY_FIELDS = frozenset(
     {"version", "updated_at", "updated_by", "credentials_configured"}
 )
-NULLABLE_POLICY_FIELDS = frozenset({"site_key", "gcp_project_id"})
+NULLABLE_POLICY_FIELDS = frozenset({"site_key", "gcp_project_id", "max_authorize_per_minute"})
+# Google's default quota is 60,000 assessments per minute per project; far above it is a typo.
+MAX_AUTHORIZE_PER_MINUTE = 1_000_000
 
 _HOSTNAME = (
     r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -44,6 +46,7 @@ class PolicyFields(StrictModel):
     fail_mode: Literal["open", "closed"] = "closed"
     site_key: SiteKey | None = None
     gcp_project_id: ProjectId | None = None
+    max_authorize_per_minute: int | None = Field(default=None, ge=1, le=MAX_AUTHORIZE_PER_MINUTE)
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +72,7 @@ class PolicyOut(BaseModel):
     fail_mode: Literal["open", "closed"]
     site_key: str | None
     gcp_project_id: str | None
+    max_authorize_per_minute: int | None
     version: int
     updated_at: datetime
     updated_by: str

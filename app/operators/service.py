@@ -35,6 +35,7 @@ def default_policy_values() -> dict[str, Any]:
         "fail_mode": DEFAULT_POLICY.fail_mode.value,
         "site_key": DEFAULT_POLICY.site_key,
         "gcp_project_id": DEFAULT_POLICY.gcp_project_id,
+        "max_authorize_per_minute": DEFAULT_POLICY.max_authorize_per_minute,
     }
 
 

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "fail_mode": "closed",
     "site_key": None,
     "gcp_project_id": None,
+    "max_authorize_per_minute": None,
 }
 READ_ONLY = {"version", "updated_at", "updated_by", "credentials_configured"}
 MERGE_PATCH = {"content-type": "application/merge-patch+json"}
