@@ -69,6 +69,14 @@ class InvalidRequest(ProblemError):
     status, slug, title = 422, "validation-error", "Invalid request"
 
 
+class TooManyRequests(ProblemError):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+
+
 class ServiceUnavailable(ProblemError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 

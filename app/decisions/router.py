@@ -33,6 +33,7 @@ from app.decisions.schemas import (
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.metrics import AUTHORIZE_DURATION
 from app.operators import repository as operators_repo
+from app.ratelimit import rate_limiter_of
 from app.schemas import decode_cursor, encode_cursor, invalid_cursor
 from app.services import ServicesDep, services_of
 
@@ -67,6 +68,17 @@ def _idempotency_key(value: str | None) -> str | None:
         409: {"description": "Idempotency-Key reused with a different body"},
         413: {"description": "Body over 64 KiB"},
         422: {"description": "Invalid request"},
+        429: {
+            "description": "Over the key's rate limit (CHARGEGATE_KEY_RATE_LIMIT), the "
+            "operator's max_authorize_per_minute, or the key's concurrent-call cap; the call "
+            "did not reach Google and did not use the token",
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+        },
     },
     openapi_extra={
         "parameters": [
@@ -99,7 +111,21 @@ async def authorize(request: Request) -> Response:
             [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
         ) from None
     require_operator(principal, body.operator_id, Role.BACKEND)
-    answer = await services_of(request).decisions.authorize(principal, body, key)
+    services = services_of(request)
+    # Limits come before DecisionService: a refused call neither claims its token nor
+    # reaches Google. An unknown operator is 404 before any limit counts the call.
+    state = await services.operators.get(body.operator_id)
+    if state is None:
+        raise NotFound(f"Operator {body.operator_id} does not exist.")
+    limiter = rate_limiter_of(request, services)
+    limiter.enter(principal.key_id)
+    try:
+        await limiter.admit(
+            principal.key_id, body.operator_id, state.policy.max_authorize_per_minute
+        )
+        answer = await services.decisions.authorize(principal, body, key)
+    finally:
+        limiter.leave(principal.key_id)
     AUTHORIZE_DURATION.observe(time.perf_counter() - started)
     # The answer is already JSON-shaped; validating it again would only cost time.
     return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
