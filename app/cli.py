@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from app.logging import configure_logging
+    from app.main import REQUESTS_BUDGET
 
     configure_logging(settings.log_level)
     if settings.is_embedded_database:
@@ -41,7 +42,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds * REQUESTS_BUDGET)),
     )
 
 

@@ -7,10 +7,14 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from app.db import is_unavailable
 
 log = logging.getLogger("chargegate.errors")
 
@@ -142,6 +146,17 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        if is_unavailable(exc):
+            # Reads and writes that need the database while it is away (authorize keeps
+            # answering from the last known state; see app/decisions/recorder.py).
+            log.warning("database unavailable", extra={"error_type": type(exc).__name__})
+            return problem_response(
+                503,
+                "Service unavailable",
+                "The database is unavailable; try again shortly.",
+                slug="database-unavailable",
+                headers={"Retry-After": "1"},
+            )
         # The exception type only: messages of library errors can carry request data.
         log.error("unhandled error", extra={"error_type": type(exc).__name__})
         return problem_response(500, "Internal server error", "An unexpected error occurred.")
@@ -149,6 +164,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Errors that may mean "the database is away" are answered here, as any handled error
+    # (a plain Exception handler would answer and then re-raise it to the server).
+    for database_error in (
+        sa_exc.DBAPIError,
+        sa_exc.TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        OSError,
+    ):
+        app.add_exception_handler(database_error, on_unexpected)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +35,11 @@ from app.services import Services
 from app.settings import Settings
 
 log = logging.getLogger("chargegate")
+
+# Of CHARGEGATE_SHUTDOWN_GRACE_SECONDS, the share uvicorn gives the requests in flight and the
+# share left for writing buffered decisions, so the process is gone within the grace time.
+REQUESTS_BUDGET = 0.6
+FLUSH_BUDGET = 0.3
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +75,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reader, settings.state_cache_seconds, settings.bootstrap_admin_key, stale
         ),
         operators=operators,
-        decisions=DecisionService(engine, operators, recaptcha, settings.upstream_timeout_seconds),
+        decisions=DecisionService(
+            engine,
+            operators,
+            recaptcha,
+            settings.upstream_timeout_seconds,
+            settings.decision_buffer,
+        ),
         outbox=AnnotationOutbox(engine, operators, recaptcha, settings.outbox_poll_seconds),
     )
     app.state.services = services
@@ -90,9 +102,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        outbox_task.cancel()
+        # uvicorn has stopped accepting and finished the requests in flight (within
+        # REQUESTS_BUDGET of the grace time): what is left is ours.
+        flush_deadline = time.monotonic() + settings.shutdown_grace_seconds * FLUSH_BUDGET
+        outbox_task.cancel()  # a delivery under way hands its lease back
         with contextlib.suppress(asyncio.CancelledError):
             await outbox_task
+        await services.decisions.recorder.close(flush_deadline)
         await http.aclose()
         await engine.dispose()
 

@@ -39,6 +39,10 @@ UPSTREAM_WAITING = Gauge(
     "chargegate_upstream_waiting",
     "Calls to Google waiting for one of the CHARGEGATE_UPSTREAM_MAX_CONCURRENCY slots.",
 )
+DECISION_BUFFER_SIZE = Gauge(
+    "chargegate_decision_buffer_size",
+    "Decisions held in memory while the database is unreachable, waiting to be written.",
+)
 ANNOTATIONS = Counter(
     "chargegate_annotations_total",
     "Annotation deliveries to Google by result (delivered, retry, rejected, expired).",

@@ -7,15 +7,18 @@ import hashlib
 import json
 import secrets
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keys import Principal
-from app.db import utcnow
+from app.db import is_unavailable, utcnow
 from app.decisions import engine as decide
 from app.decisions import repository as repo
 from app.decisions.hot_path import hot_path_for
+from app.decisions.recorder import DecisionRecorder, IdempotentAnswer
 from app.decisions.schemas import AuthorizeIn
 from app.errors import Conflict, NotFound
 from app.metrics import AUTHORIZE_DECISIONS
@@ -25,6 +28,20 @@ from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailur
 from app.schemas import rfc3339
 
 IDEMPOTENCY_POLL_SECONDS = 0.05
+LOCAL_ANSWERS_KEPT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Idempotency:
+    api_key_id: str
+    key: str
+    request_sha256: str
+    created_at: datetime
+
+    def answer(self, response: dict[str, Any]) -> IdempotentAnswer:
+        return IdempotentAnswer(
+            self.api_key_id, self.key, self.request_sha256, self.created_at, response
+        )
 
 
 def new_decision_id() -> str:
@@ -49,11 +66,14 @@ class DecisionService:
         operators: OperatorStateCache,
         recaptcha: RecaptchaClient,
         upstream_timeout: float,
+        decision_buffer: int = 10_000,
     ) -> None:
         self._engine = engine
         # Single statements run in autocommit: one round trip each, not BEGIN + it + COMMIT.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._hot_path = hot_path_for(engine)
+        self.recorder = DecisionRecorder(engine, hot_path_for(engine), decision_buffer)
+        # Idempotency-Keys first seen while the database is away, held by this process.
+        self._local_answers: dict[tuple[str, str], tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._operators = operators
         self._recaptcha = recaptcha
         # How long a duplicate waits for the first request before calling it abandoned.
@@ -70,13 +90,30 @@ class DecisionService:
         self, principal: Principal, body: AuthorizeIn, key: str
     ) -> dict[str, Any]:
         digest = request_digest(body)
+        if self.recorder.database_away:
+            return await self._authorize_once_locally(principal, body, key, digest)
+        try:
+            return await self._authorize_once_shared(principal, body, key, digest)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self.recorder.database_unavailable(exc)
+            return await self._authorize_once_locally(principal, body, key, digest)
+
+    async def _authorize_once_shared(
+        self, principal: Principal, body: AuthorizeIn, key: str, digest: str
+    ) -> dict[str, Any]:
+        """Idempotency across replicas, through the database."""
         started = time.monotonic()
         while True:
+            created_at = utcnow()
             if await repo.claim_idempotency_key(
-                self._autocommit, principal.key_id, key, digest, utcnow()
+                self._autocommit, principal.key_id, key, digest, created_at
             ):
                 try:
-                    return await self._authorize(principal, body, (principal.key_id, key))
+                    return await self._authorize(
+                        principal, body, _Idempotency(principal.key_id, key, digest, created_at)
+                    )
                 except BaseException:
                     await asyncio.shield(
                         repo.release_idempotency_key(self._engine, principal.key_id, key)
@@ -99,12 +136,43 @@ class DecisionService:
                 continue
             await asyncio.sleep(IDEMPOTENCY_POLL_SECONDS)
 
+    async def _authorize_once_locally(
+        self, principal: Principal, body: AuthorizeIn, key: str, digest: str
+    ) -> dict[str, Any]:
+        """While the database is away: a key first seen now is honoured by this process; its
+        answer is written with the buffered decision when the database returns."""
+        slot = (principal.key_id, key)
+        while (held := self._local_answers.get(slot)) is not None:
+            held_digest, held_answer = held
+            if held_digest != digest:
+                raise Conflict("This Idempotency-Key was used with a different request body.")
+            await asyncio.wait([held_answer])
+            if not held_answer.cancelled():
+                return held_answer.result()
+            # The first request failed and let go of the key: run it now.
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._local_answers[slot] = (digest, answer)
+        try:
+            response = await self._authorize(
+                principal, body, _Idempotency(principal.key_id, key, digest, utcnow())
+            )
+        except BaseException:
+            del self._local_answers[slot]
+            answer.cancel()
+            raise
+        answer.set_result(response)
+        if len(self._local_answers) > LOCAL_ANSWERS_KEPT:
+            # The oldest: by then written to the database, or the outage is long over.
+            del self._local_answers[next(iter(self._local_answers))]
+        return response
+
     async def _authorize(
-        self, principal: Principal, body: AuthorizeIn, idempotency: tuple[str, str] | None
+        self, principal: Principal, body: AuthorizeIn, idempotency: _Idempotency | None
     ) -> dict[str, Any]:
         state = await self._operators.get(body.operator_id)
         if state is None:
             raise NotFound(f"Operator {body.operator_id} does not exist.")
+        self.recorder.ensure_room()
         verdict = await self._judge(state, body)
         decision_id = new_decision_id()
         evaluated_at = utcnow()
@@ -131,11 +199,10 @@ class DecisionService:
             "session_ref": body.session_ref,
             "evse_id": body.evse_id,
         }
-        if idempotency is None:
-            await self._hot_path.record_decision(row)
-        else:
-            # The decision and the answer a retry will get commit together.
-            await repo.record_idempotent_decision(self._engine, row, idempotency, response)
+        # With an Idempotency-Key, the decision and the answer a retry gets commit together.
+        await self.recorder.record(
+            row, None if idempotency is None else idempotency.answer(response)
+        )
         AUTHORIZE_DECISIONS.labels(
             body.operator_id, verdict.decision, verdict.reason.value, verdict.mode.value
         ).inc()
@@ -149,7 +216,7 @@ class DecisionService:
         evidence: decide.Evidence
         if not body.token:
             evidence = decide.TokenMissing()
-        elif not await self._hot_path.claim_token(token_digest(body.token), utcnow()):
+        elif not await self.recorder.claim_token(token_digest(body.token), utcnow()):
             evidence = decide.TokenReused()
         else:
             evidence = await self._assess(state, body, body.token, expected_action)
