@@ -232,3 +232,48 @@ async def test_an_idempotency_key_holds_in_process_during_the_outage(
     retry = await authorize(client, keyed, token)
     assert retry.json() == first.json()
     assert await count_rows(database, "decisions") == 2
+
+
+async def test_shutdown_writes_the_buffer_when_the_database_is_back(
+    make_settings: Any,
+    database: str,
+    proxy: TcpProxy,
+    service_account: dict[str, str],
+    assessments: respx.Route,
+) -> None:
+    settings = make_settings(database_url=through(database, proxy))
+    async with running(create_app(settings)) as client:
+        gate = Gate(client)
+        await gate.protected_operator(service_account)
+        headers = bearer((await gate.create_key("backend", ["acme"]))["key"])
+        await authorize(client, headers)
+        await proxy.cut()
+        for _ in range(5):
+            assert (await authorize(client, headers)).status_code == 200
+        await proxy.restore()
+        # The app stops at once, before the background flusher's next try.
+    assert await count_rows(database, "decisions") == 6
+
+
+async def test_shutdown_gives_up_on_an_absent_database_within_the_grace(
+    make_settings: Any,
+    database: str,
+    proxy: TcpProxy,
+    service_account: dict[str, str],
+    assessments: respx.Route,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grace = 2.0
+    settings = make_settings(database_url=through(database, proxy), shutdown_grace_seconds=grace)
+    app = create_app(settings)
+    async with running(app) as client:
+        gate = Gate(client)
+        await gate.protected_operator(service_account)
+        headers = bearer((await gate.create_key("backend", ["acme"]))["key"])
+        await authorize(client, headers)
+        await proxy.cut()
+        assert (await authorize(client, headers)).status_code == 200
+        stopping = asyncio.get_running_loop().time()
+    stopped_after = asyncio.get_running_loop().time() - stopping
+    assert stopped_after <= grace * 0.3 + 0.5
+    assert "decisions lost at shutdown" in caplog.text
