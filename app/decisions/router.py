@@ -118,11 +118,11 @@ async def authorize(request: Request) -> Response:
     if state is None:
         raise NotFound(f"Operator {body.operator_id} does not exist.")
     limiter = rate_limiter_of(request, services)
+    per_minute = state.policy.max_authorize_per_minute
     limiter.enter(principal.key_id)
     try:
-        await limiter.admit(
-            principal.key_id, body.operator_id, state.policy.max_authorize_per_minute
-        )
+        if limiter.key_rate is not None or per_minute is not None:
+            await limiter.admit(principal.key_id, body.operator_id, per_minute)
         answer = await services.decisions.authorize(principal, body, key)
     finally:
         limiter.leave(principal.key_id)
