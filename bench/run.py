@@ -86,24 +86,23 @@ def wait_for(url: str, seconds: float = 30.0) -> None:
 
 @contextmanager
 def process(
-    args: list[str], env: dict[str, str], ready_url: str
+    args: list[str], env: dict[str, str], ready_url: str, log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(ready_url)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    """Runs `args` until the block ends (then SIGTERM); its output goes to `log` if given."""
+    with ExitStack() as files:
+        output = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            args, env={**os.environ, **env}, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
+        )
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            wait_for(ready_url)
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def cpu_seconds(pid: int) -> float:

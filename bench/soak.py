@@ -83,6 +83,7 @@ class OpenLoop:
     in_flight: int = 0
     max_in_flight: int = 0
     max_lag: float = 0.0  # the worst delay of a request's start behind its schedule, seconds
+    pending: dict[int, float] = field(default_factory=dict)  # in flight: index -> sent_at
     _window: list[float] = field(default_factory=list)
 
     @property
@@ -135,6 +136,7 @@ class OpenLoop:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         outcome = Outcome(index, start - self.started, 0.0, None)
+        self.pending[index] = outcome.sent_at
         try:
             async with session.post(
                 f"{self.base_url}/sessions/authorize", data=body, headers=headers
@@ -159,6 +161,7 @@ class OpenLoop:
         finally:
             outcome.latency = loop.time() - start
             self.in_flight -= 1
+            del self.pending[index]
             self.outcomes.append(outcome)
             if outcome.status == 200:
                 self._window.append(outcome.latency)
