@@ -27,6 +27,7 @@ from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.openapi import problem_openapi
 from app.operators.router import router as operators_router
 from app.operators.state import OperatorStateCache
+from app.ratelimit import RateLimiter
 from app.recaptcha.breaker import CircuitBreaker
 from app.recaptcha.client import RecaptchaClient
 from app.recaptcha.http import build_http_client
@@ -83,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.decision_buffer,
         ),
         outbox=AnnotationOutbox(engine, operators, recaptcha, settings.outbox_poll_seconds),
+        limiter=RateLimiter(engine, settings),
     )
     app.state.services = services
     outbox_task = asyncio.create_task(services.outbox.run(), name="annotation-outbox")

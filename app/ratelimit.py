@@ -28,14 +28,12 @@ import math
 import time
 from dataclasses import dataclass
 
-from fastapi import Request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import TooManyRequests
 from app.metrics import RATE_LIMITED
-from app.services import Services
 from app.settings import Settings
 
 log = logging.getLogger("chargegate.ratelimit")
@@ -250,13 +248,3 @@ class RateLimiter:
         if self._outage_until is not None:
             self._outage_until = None
             log.info("rate limits are counted in the database again")
-
-
-def rate_limiter_of(request: Request, services: Services) -> RateLimiter:
-    """This app instance's limiter, made on first use (it lives as long as `services`)."""
-    state = request.app.state
-    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
-    if limiter is None or limiter.engine is not services.engine:
-        limiter = RateLimiter(services.engine, services.settings)
-        state.rate_limiter = limiter
-    return limiter

@@ -17,6 +17,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.decisions.outbox import AnnotationOutbox
     from app.decisions.service import DecisionService
+    from app.ratelimit import RateLimiter
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Services:
     operators: OperatorStateCache
     decisions: DecisionService
     outbox: AnnotationOutbox
+    limiter: RateLimiter
 
 
 def services_of(request: Request) -> Services:

@@ -33,7 +33,6 @@ from app.decisions.schemas import (
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.metrics import AUTHORIZE_DURATION
 from app.operators import repository as operators_repo
-from app.ratelimit import rate_limiter_of
 from app.schemas import decode_cursor, encode_cursor, invalid_cursor
 from app.services import ServicesDep, services_of
 
@@ -117,7 +116,7 @@ async def authorize(request: Request) -> Response:
     state = await services.operators.get(body.operator_id)
     if state is None:
         raise NotFound(f"Operator {body.operator_id} does not exist.")
-    limiter = rate_limiter_of(request, services)
+    limiter = services.limiter
     per_minute = state.policy.max_authorize_per_minute
     limiter.enter(principal.key_id)
     try:
