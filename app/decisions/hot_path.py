@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from app.db import insert_for, table_of
+from app.db import insert_for, is_unavailable, table_of
 from app.decisions.group_commit import GroupCommit
 from app.decisions.models import Decision, TokenClaim
 
@@ -117,7 +117,14 @@ class AsyncpgHotPath:
         # The pool, its limits and its reconnects stay SQLAlchemy's; only execution is direct.
         async with self._gate, self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+            try:
+                yield raw.driver_connection
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # SQLAlchemy did not see the failure: drop the connection from the pool
+                    # rather than hand it to the next caller (after a database restart).
+                    await conn.invalidate()
+                raise
 
     async def claim_token(self, token_sha256: str, now: datetime) -> bool:
         return await self._claims.submit((token_sha256, now))
