@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids and access log, and the request body limit."""
+"""Pure ASGI middleware: request ids and access log, the request body limit, and JSON bodies
+that are not UTF-8 text."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from app.errors import problem_response
 from app.logging import request_id_var
 
 MAX_BODY_BYTES = 64 * 1024
+_JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})  # the methods whose bodies the routes read
 
 access_log = logging.getLogger("chargegate.access")
 
@@ -71,6 +73,10 @@ class BodyLimitMiddleware:
 
     Checking Content-Length alone would let a chunked upload through, so the
     bytes are counted as they arrive and the app gets them in one piece.
+
+    A JSON body that is not UTF-8 text is answered 422 here, like every other body that is
+    not a JSON document: FastAPI would answer its routes' undecodable bodies with a bare 400
+    ("There was an error parsing the body"), which the OpenAPI document does not list.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
@@ -100,6 +106,9 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if body and scope["method"] in _JSON_METHODS and not _utf8_json_text(scope, body):
+            await _not_utf8(scope, receive, send)
+            return
         delivered = False
 
         async def replay() -> Message:
@@ -120,3 +129,34 @@ class BodyLimitMiddleware:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+def _utf8_json_text(scope: Scope, body: bytes) -> bool:
+    """False for a body read as JSON (declared JSON, or no Content-Type: FastAPI reads those
+    as JSON too) that is not UTF-8 text. A raw NUL byte is never part of a JSON text; ruling
+    it out as well leaves `json.loads` nothing to detect as UTF-16/32, so it cannot fail on
+    the encoding once this passes."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            if media_type != b"application/json" and not media_type.endswith(b"+json"):
+                return True
+            break
+    if b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _not_utf8(scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem_response(
+        422,
+        "Invalid request",
+        "The request body is not a JSON document: it is not UTF-8 text.",
+        slug="validation-error",
+        errors=[{"loc": ["body"], "msg": "JSON text must be UTF-8", "type": "json_invalid"}],
+    )
+    await response(scope, receive, send)
