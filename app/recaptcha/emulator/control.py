@@ -97,6 +97,11 @@ def control_routes(emulator: EmulatorState) -> list[Route]:
         count = body.get("count", 1)
         if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
             raise ControlError(400, "count must be an integer or null")
+        retry_after = body.get("retry_after")
+        if retry_after is not None and (
+            not isinstance(retry_after, int) or isinstance(retry_after, bool)
+        ):
+            raise ControlError(400, "retry_after must be an integer or null")
         try:
             plan = emulator.add_fault(
                 project_id,
@@ -105,6 +110,7 @@ def control_routes(emulator: EmulatorState) -> list[Route]:
                 delay_ms=int(_number(body, "delay_ms", 0)),
                 status=int(_number(body, "status", 503)),
                 target=_optional(body, "target") or FaultTarget.API,
+                retry_after=retry_after,
             )
         except ValueError as exc:
             raise ControlError(400, str(exc)) from None

@@ -84,7 +84,7 @@ def _status(state: EmulatorState, plan: FaultPlan, target: FaultTarget) -> Respo
         # The token endpoint speaks OAuth (RFC 6749 §5.2), not google.rpc.Status.
         error = _OAUTH_ERRORS.get(plan.status, "invalid_request")
         body: dict[str, Any] = {"error": error, "error_description": "emulated failure"}
-        return JSONResponse(body, plan.status)
+        return JSONResponse(body, plan.status, headers=_retry_after(plan))
     number = state.project(plan.project_id).number
     messages = {
         429: wire.quota_exceeded(number),
@@ -99,4 +99,9 @@ def _status(state: EmulatorState, plan: FaultPlan, target: FaultTarget) -> Respo
                 "RATE_LIMIT_EXCEEDED", consumer=f"projects/{number}", quota_limit="Assessments"
             )
         )
-    return JSONResponse(wire.error_body(plan.status, message, details), plan.status)
+    body = wire.error_body(plan.status, message, details)
+    return JSONResponse(body, plan.status, headers=_retry_after(plan))
+
+
+def _retry_after(plan: FaultPlan) -> dict[str, str] | None:
+    return None if plan.retry_after is None else {"Retry-After": str(plan.retry_after)}

@@ -57,6 +57,7 @@ class FaultPlan:
     delay_ms: int = 0
     status: int = 503
     target: FaultTarget = FaultTarget.API
+    retry_after: int | None = None  # a status answer's Retry-After header (seconds), if any
 
     def matches(self, project_id: str, target: FaultTarget) -> bool:
         if self.project_id != project_id:
@@ -66,7 +67,7 @@ class FaultPlan:
         return self.target is target
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        plan: dict[str, Any] = {
             "project_id": self.project_id,
             "kind": self.kind.value,
             "remaining": self.remaining,
@@ -74,6 +75,9 @@ class FaultPlan:
             "status": self.status,
             "target": self.target.value,
         }
+        if self.retry_after is not None:
+            plan["retry_after"] = self.retry_after
+        return plan
 
 
 @dataclass(frozen=True)
@@ -304,9 +308,16 @@ class EmulatorState:
         delay_ms: int = 0,
         status: int = 503,
         target: FaultTarget | str = FaultTarget.API,
+        retry_after: int | None = None,
     ) -> FaultPlan:
-        """Make the next `count` calls (None: all, until clear_faults) of the project fail."""
-        plan = FaultPlan(project_id, FaultKind(kind), count, delay_ms, status, FaultTarget(target))
+        """Make the next `count` calls (None: all, until clear_faults) of the project fail.
+
+        `retry_after`: seconds sent in a Retry-After header with a `status` answer."""
+        plan = FaultPlan(
+            project_id, FaultKind(kind), count, delay_ms, status, FaultTarget(target), retry_after
+        )
+        if retry_after is not None and (plan.kind is not FaultKind.STATUS or retry_after < 0):
+            raise ValueError("retry_after needs a status fault and a number of seconds >= 0")
         if plan.kind is FaultKind.STATUS and status not in wire.STATUS_WORDS:
             raise ValueError(f"no Google error body for HTTP {status}")
         if count is not None and count < 1:
