@@ -43,20 +43,20 @@ FLUSH_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
-class IdempotentAnswer:
-    """The answer an idempotent retry gets, committed with its decision."""
+class IdempotencyClaim:
+    """An Idempotency-Key taken by a request; its answer is committed with its decision."""
 
     api_key_id: str
     key: str
     request_sha256: str
     created_at: datetime
-    response: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class _Buffered:
     row: dict[str, Any]
-    idempotency: IdempotentAnswer | None
+    idempotency: IdempotencyClaim | None
+    response: dict[str, Any]
 
 
 class DecisionRecorder:
@@ -110,8 +110,14 @@ class DecisionRecorder:
         self._arrivals += 1
         return True
 
-    async def record(self, row: dict[str, Any], idempotency: IdempotentAnswer | None) -> None:
-        """Commits the decision now, or buffers it while the database is away."""
+    async def record(
+        self,
+        row: dict[str, Any],
+        response: dict[str, Any],
+        idempotency: IdempotencyClaim | None,
+    ) -> None:
+        """Commits the decision (and, with an Idempotency-Key, the `response` a retry gets)
+        now, or buffers it while the database is away."""
         if self._away_since is None:
             try:
                 if idempotency is None:
@@ -121,14 +127,14 @@ class DecisionRecorder:
                         self._engine,
                         row,
                         (idempotency.api_key_id, idempotency.key),
-                        idempotency.response,
+                        response,
                     )
                 return
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
                 self.database_unavailable(exc)
-        self._buffer.append(_Buffered(row, idempotency))
+        self._buffer.append(_Buffered(row, idempotency, response))
         self._arrivals += 1
         DECISION_BUFFER_SIZE.set(len(self._buffer))
 
@@ -234,7 +240,7 @@ class DecisionRecorder:
                 "idempotency_key": b.idempotency.key,
                 "request_sha256": b.idempotency.request_sha256,
                 "created_at": b.idempotency.created_at,
-                "response": b.idempotency.response,
+                "response": b.response,
             }
             for b in batch
             if b.idempotency is not None

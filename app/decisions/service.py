@@ -7,8 +7,6 @@ import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +16,7 @@ from app.db import is_unavailable, utcnow
 from app.decisions import engine as decide
 from app.decisions import repository as repo
 from app.decisions.hot_path import hot_path_for
-from app.decisions.recorder import DecisionRecorder, IdempotentAnswer
+from app.decisions.recorder import DecisionRecorder, IdempotencyClaim
 from app.decisions.schemas import AuthorizeIn
 from app.errors import Conflict, NotFound
 from app.metrics import AUTHORIZE_DECISIONS
@@ -29,19 +27,6 @@ from app.schemas import rfc3339
 
 IDEMPOTENCY_POLL_SECONDS = 0.05
 LOCAL_ANSWERS_KEPT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Idempotency:
-    api_key_id: str
-    key: str
-    request_sha256: str
-    created_at: datetime
-
-    def answer(self, response: dict[str, Any]) -> IdempotentAnswer:
-        return IdempotentAnswer(
-            self.api_key_id, self.key, self.request_sha256, self.created_at, response
-        )
 
 
 def new_decision_id() -> str:
@@ -112,7 +97,7 @@ class DecisionService:
             ):
                 try:
                     return await self._authorize(
-                        principal, body, _Idempotency(principal.key_id, key, digest, created_at)
+                        principal, body, IdempotencyClaim(principal.key_id, key, digest, created_at)
                     )
                 except BaseException:
                     await asyncio.shield(
@@ -154,7 +139,7 @@ class DecisionService:
         self._local_answers[slot] = (digest, answer)
         try:
             response = await self._authorize(
-                principal, body, _Idempotency(principal.key_id, key, digest, utcnow())
+                principal, body, IdempotencyClaim(principal.key_id, key, digest, utcnow())
             )
         except BaseException:
             del self._local_answers[slot]
@@ -167,7 +152,7 @@ class DecisionService:
         return response
 
     async def _authorize(
-        self, principal: Principal, body: AuthorizeIn, idempotency: _Idempotency | None
+        self, principal: Principal, body: AuthorizeIn, idempotency: IdempotencyClaim | None
     ) -> dict[str, Any]:
         state = await self._operators.get(body.operator_id)
         if state is None:
@@ -200,9 +185,7 @@ class DecisionService:
             "evse_id": body.evse_id,
         }
         # With an Idempotency-Key, the decision and the answer a retry gets commit together.
-        await self.recorder.record(
-            row, None if idempotency is None else idempotency.answer(response)
-        )
+        await self.recorder.record(row, response, idempotency)
         AUTHORIZE_DECISIONS.labels(
             body.operator_id, verdict.decision, verdict.reason.value, verdict.mode.value
         ).inc()

@@ -9,6 +9,7 @@ unknown keys and /readyz answer 503; past the buffer or the stale limit authoriz
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +47,25 @@ async def authorize(
     return await client.post("/sessions/authorize", json=body, headers=headers)
 
 
+@contextlib.asynccontextmanager
+async def gate_through(
+    proxy: TcpProxy,
+    make_settings: Any,
+    database: str,
+    service_account: dict[str, str],
+    **overrides: Any,
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    """A running app whose database connections go through `proxy`, with a protected
+    operator, a backend key, and the last known state read once before any outage."""
+    settings = make_settings(database_url=through(database, proxy), **overrides)
+    async with running(create_app(settings)) as client:
+        gate = Gate(client)
+        await gate.protected_operator(service_account)
+        headers = bearer((await gate.create_key("backend", ["acme"]))["key"])
+        assert (await authorize(client, headers)).json()["reason"] == "score_ok"
+        yield client, headers
+
+
 @pytest.fixture
 async def gated(
     make_settings: Any,
@@ -56,14 +76,8 @@ async def gated(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
     overrides = getattr(request, "param", {})
-    settings = make_settings(database_url=through(database, proxy), **overrides)
-    async with running(create_app(settings)) as client:
-        gate = Gate(client)
-        await gate.protected_operator(service_account)
-        headers = bearer((await gate.create_key("backend", ["acme"]))["key"])
-        # The last known state: the key and the operator are read once before the outage.
-        assert (await authorize(client, headers)).json()["reason"] == "score_ok"
-        yield client, headers
+    async with gate_through(proxy, make_settings, database, service_account, **overrides) as g:
+        yield g
 
 
 async def metric(client: httpx.AsyncClient, name: str) -> float:
@@ -241,12 +255,7 @@ async def test_shutdown_writes_the_buffer_when_the_database_is_back(
     service_account: dict[str, str],
     assessments: respx.Route,
 ) -> None:
-    settings = make_settings(database_url=through(database, proxy))
-    async with running(create_app(settings)) as client:
-        gate = Gate(client)
-        await gate.protected_operator(service_account)
-        headers = bearer((await gate.create_key("backend", ["acme"]))["key"])
-        await authorize(client, headers)
+    async with gate_through(proxy, make_settings, database, service_account) as (client, headers):
         await proxy.cut()
         for _ in range(5):
             assert (await authorize(client, headers)).status_code == 200
@@ -264,13 +273,9 @@ async def test_shutdown_gives_up_on_an_absent_database_within_the_grace(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     grace = 2.0
-    settings = make_settings(database_url=through(database, proxy), shutdown_grace_seconds=grace)
-    app = create_app(settings)
-    async with running(app) as client:
-        gate = Gate(client)
-        await gate.protected_operator(service_account)
-        headers = bearer((await gate.create_key("backend", ["acme"]))["key"])
-        await authorize(client, headers)
+    async with gate_through(
+        proxy, make_settings, database, service_account, shutdown_grace_seconds=grace
+    ) as (client, headers):
         await proxy.cut()
         assert (await authorize(client, headers)).status_code == 200
         stopping = asyncio.get_running_loop().time()
