@@ -72,7 +72,7 @@ class CircuitBreaker:
         pause = None
         if state.probing or state.consecutive_failures >= self._threshold:
             pause = self._cooldown
-        if retry_after is not None:
+        if retry_after is not None and retry_after > 0:
             # Google said when to come back: no call before then, breaker count or not.
             pause = max(pause or 0.0, min(retry_after, MAX_RETRY_AFTER_SECONDS))
         state.probing = False
