@@ -93,8 +93,10 @@ def is_unavailable(exc: BaseException) -> bool:
             return True  # refused, reset, unreachable; connect or pool-checkout timeout
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
-        if isinstance(current, asyncpg.InterfaceError):
-            return True  # "connection is closed"
+        if isinstance(current, asyncpg.InterfaceError | asyncpg.InternalClientError):
+            # "connection is closed"; a protocol state broken by the server going away
+            # mid-statement (seen when Postgres is stopped under load).
+            return True
         sqlstate = getattr(current, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
             return True

@@ -171,6 +171,7 @@ def install_error_handlers(app: FastAPI) -> None:
         sa_exc.TimeoutError,
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
         OSError,
     ):
         app.add_exception_handler(database_error, on_unexpected)

@@ -27,6 +27,7 @@ def wrapped(orig: BaseException, *, invalidated: bool = False) -> sa_exc.DBAPIEr
         asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
         asyncpg.TooManyConnectionsError("too many clients"),
         asyncpg.InterfaceError("connection is closed"),
+        asyncpg.InternalClientError("unexpected message"),
         wrapped(asyncpg.AdminShutdownError("terminating")),
         wrapped(Exception("gone"), invalidated=True),
     ],
