@@ -11,6 +11,13 @@ from app.decisions.schemas import AuthorizeIn
 from app.errors import PROBLEM_JSON
 
 PUBLIC_OPERATIONS = {"healthz", "readyz", "metrics", "getSiteKey"}
+# Operations that answer without the database.
+DATABASE_FREE_OPERATIONS = {"healthz", "metrics"}
+DATABASE_UNAVAILABLE = {
+    "description": "The database is unavailable (authorize: only once the last known state is "
+    "older than CHARGEGATE_STALE_STATE_SECONDS or the decision buffer is full)",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+}
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -64,6 +71,8 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             if operation.get("operationId") not in PUBLIC_OPERATIONS:
                 operation["security"] = [{"bearer": []}]
+            if operation.get("operationId") not in DATABASE_FREE_OPERATIONS:
+                responses.setdefault("503", dict(DATABASE_UNAVAILABLE))
             if method in ("post", "put", "patch"):
                 responses.setdefault("413", {"description": "Body over 64 KiB"})
             if operation.get("parameters") or operation.get("requestBody"):
