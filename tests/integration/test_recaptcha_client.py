@@ -754,3 +754,33 @@ async def test_real_socket_refused_for_the_whole_deadline(
     assert error.failure.kind is UpstreamErrorKind.UNREACHABLE
     assert time.monotonic() - started <= 0.5
     assert upstream("unreachable") == before + 1
+
+
+# --- bounded concurrency -----------------------------------------------------------------
+
+
+async def test_calls_beyond_the_slots_wait_within_their_deadline(
+    http: httpx.AsyncClient, mock: respx.MockRouter, api_cred: ApiKeyCredential
+) -> None:
+    """With one slot, a second call waits for it; the wait counts against its own deadline,
+    so a slow Google makes it time out on time rather than pile up."""
+
+    async def slow(_request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.4)
+        return httpx.Response(200, json=ASSESSMENT)
+
+    route = mock.post(ASSESSMENTS).mock(side_effect=slow)
+    tokens = AccessTokenProvider(http, GoogleAuthMode.TOKEN_EXCHANGE)
+    client = RecaptchaClient(http, BASE, tokens, 0.6, max_concurrency=1)
+    started = time.monotonic()
+    first = asyncio.create_task(client.create_assessment(api_cred, "acme", EVENT))
+    second = asyncio.create_task(client.create_assessment(api_cred, "acme", EVENT))
+    await asyncio.sleep(0.1)
+    assert REGISTRY.get_sample_value("chargegate_upstream_waiting") == 1
+    assert (await first).valid
+    error = await upstream_error(second)
+    elapsed = time.monotonic() - started
+    assert error.failure.kind is UpstreamErrorKind.TIMEOUT
+    assert elapsed < 0.6 + 0.2
+    assert route.call_count >= 1
+    assert REGISTRY.get_sample_value("chargegate_upstream_waiting") == 0
