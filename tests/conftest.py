@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import secrets
 import time
@@ -22,8 +23,8 @@ import asyncpg
 import httpx
 import pytest
 import respx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI
 
 from app.cli import migrate
@@ -305,6 +306,28 @@ def assessment_json(
             "createTime": created,
         },
     }
+
+
+def verify_jwt(token: str, public_key: rsa.RSAPublicKey) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of an RS256 JWT, after checking its signature."""
+    header, claims, signature = token.split(".")
+    public_key.verify(
+        _unb64(signature), f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256()
+    )
+    return json.loads(_unb64(header)), json.loads(_unb64(claims))
+
+
+def bearer_jwt_claims(authorization: str, private_key_pem: str) -> dict[str, Any]:
+    """The claims of an `Authorization: Bearer <JWT>` signed by this private key."""
+    scheme, _, token = authorization.partition(" ")
+    assert scheme == "Bearer"
+    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return verify_jwt(token, key.public_key())[1]
+
+
+def _unb64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> float:

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 import respx
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from app.credentials.crypto import KeyRing, KeyRingError
 from app.main import create_app
@@ -29,6 +29,7 @@ from tests.conftest import (
     Gate,
     assessment_json,
     bearer,
+    bearer_jwt_claims,
     count_rows,
     running,
 )
@@ -569,24 +570,6 @@ async def _configured(gate: Gate, credentials: dict[str, Any]) -> None:
     await gate.set_policy("acme", site_key=SITE_KEY, gcp_project_id=PROJECT)
 
 
-def _jwt_claims(authorization: str, private_key_pem: str) -> dict[str, Any]:
-    scheme, _, token = authorization.partition(" ")
-    assert scheme == "Bearer"
-    header, payload, signature = token.split(".")
-    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    key.public_key().verify(
-        base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
-        f"{header}.{payload}".encode(),
-        padding.PKCS1v15(),
-        hashes.SHA256(),
-    )
-    claims: dict[str, Any] = json.loads(
-        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    )
-    return claims
-
-
 async def test_verify_all_ok_for_a_score_web_key(
     gate: Gate, google: respx.MockRouter, service_account: dict[str, str]
 ) -> None:
@@ -597,7 +580,7 @@ async def test_verify_all_ok_for_a_score_web_key(
     assert response.json()["ok"] is True
     assert all(c["ok"] for c in checks.values())
     assert route.call_count == 1
-    claims = _jwt_claims(
+    claims = bearer_jwt_claims(
         route.calls.last.request.headers["authorization"], service_account["private_key"]
     )
     assert claims["iss"] == service_account["client_email"]

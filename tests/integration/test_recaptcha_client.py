@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -19,8 +18,8 @@ import aiohttp
 import httpx
 import pytest
 import respx
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 from prometheus_client import REGISTRY
 
@@ -30,6 +29,7 @@ from app.recaptcha.http import build_http_client, is_connect_refused, is_timeout
 from app.recaptcha.tokens import AccessTokenProvider
 from app.recaptcha.types import UpstreamError, UpstreamErrorKind
 from app.settings import GoogleAuthMode
+from tests.conftest import verify_jwt
 
 BASE = "https://recaptcha.test"
 TOKEN_URI = "https://oauth2.test/token"
@@ -85,22 +85,6 @@ def mints() -> float:
 
 def upstream(outcome: str) -> float:
     return sample("chargegate_upstream_requests_total", {"outcome": outcome})
-
-
-def b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def verify_jwt(token: str, public_key: rsa.RSAPublicKey) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims of an RS256 JWT, after checking its signature."""
-    header, claims, signature = token.split(".")
-    public_key.verify(
-        b64decode(signature),
-        f"{header}.{claims}".encode(),
-        padding.PKCS1v15(),
-        hashes.SHA256(),
-    )
-    return json.loads(b64decode(header)), json.loads(b64decode(claims))
 
 
 def bearer(request: httpx.Request) -> str:

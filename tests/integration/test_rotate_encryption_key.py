@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import secrets
 import sqlite3
@@ -23,8 +22,6 @@ import asyncpg
 import httpx
 import pytest
 import respx
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from app.cli import migrate
 from app.credentials import rotate as rotation
@@ -41,6 +38,7 @@ from tests.conftest import (
     Gate,
     assessment_json,
     bearer,
+    bearer_jwt_claims,
     running,
 )
 from tests.integration.test_secrets import pg_dump
@@ -104,25 +102,6 @@ def assert_no_secret(text: str, service_account: dict[str, str]) -> None:
     assert "PRIVATE KEY" not in text
 
 
-def verify_self_signed_jwt(authorization: str, private_key_pem: str) -> dict[str, Any]:
-    """The claims of the bearer JWT, after checking it is signed by the uploaded key."""
-    scheme, _, token = authorization.partition(" ")
-    assert scheme == "Bearer"
-    header, payload, signature = token.split(".")
-    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    key.public_key().verify(
-        base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
-        f"{header}.{payload}".encode(),
-        padding.PKCS1v15(),
-        hashes.SHA256(),
-    )
-    claims: dict[str, Any] = json.loads(
-        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    )
-    return claims
-
-
 async def configure(
     client: httpx.AsyncClient, service_account: dict[str, str]
 ) -> dict[str, dict[str, str]]:
@@ -157,7 +136,7 @@ async def assert_authorizes(
         assert response.json()["upstream_error"] is None
         request = route.calls.last.request
         if operator_id == "acme":
-            claims = verify_self_signed_jwt(
+            claims = bearer_jwt_claims(
                 request.headers["authorization"], service_account["private_key"]
             )
             assert claims["iss"] == service_account["client_email"]
