@@ -78,7 +78,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         operators=operators,
         decisions=DecisionService(
             engine,
-            operators,
             recaptcha,
             settings.upstream_timeout_seconds,
             settings.decision_buffer,

@@ -122,7 +122,7 @@ async def authorize(request: Request) -> Response:
     try:
         if limiter.key_rate is not None or per_minute is not None:
             await limiter.admit(principal.key_id, body.operator_id, per_minute)
-        answer = await services.decisions.authorize(principal, body, key)
+        answer = await services.decisions.authorize(principal, body, state, key)
     finally:
         limiter.leave(principal.key_id)
     AUTHORIZE_DURATION.observe(time.perf_counter() - started)

@@ -18,9 +18,9 @@ from app.decisions import repository as repo
 from app.decisions.hot_path import hot_path_for
 from app.decisions.recorder import DecisionRecorder, IdempotencyClaim
 from app.decisions.schemas import AuthorizeIn
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.metrics import AUTHORIZE_DECISIONS
-from app.operators.state import OperatorState, OperatorStateCache
+from app.operators.state import OperatorState
 from app.recaptcha.client import RecaptchaClient
 from app.recaptcha.types import UpstreamError, UpstreamErrorKind, UpstreamFailure
 from app.schemas import rfc3339
@@ -48,7 +48,6 @@ class DecisionService:
     def __init__(
         self,
         engine: AsyncEngine,
-        operators: OperatorStateCache,
         recaptcha: RecaptchaClient,
         upstream_timeout: float,
         decision_buffer: int = 10_000,
@@ -59,34 +58,44 @@ class DecisionService:
         self.recorder = DecisionRecorder(engine, hot_path_for(engine), decision_buffer)
         # Idempotency-Keys first seen while the database is away, held by this process.
         self._local_answers: dict[tuple[str, str], tuple[str, asyncio.Future[dict[str, Any]]]] = {}
-        self._operators = operators
         self._recaptcha = recaptcha
         # How long a duplicate waits for the first request before calling it abandoned.
         self._idempotency_wait = upstream_timeout + 10.0
 
     async def authorize(
-        self, principal: Principal, body: AuthorizeIn, idempotency_key: str | None
+        self,
+        principal: Principal,
+        body: AuthorizeIn,
+        state: OperatorState,
+        idempotency_key: str | None,
     ) -> dict[str, Any]:
+        """The decision for `body`, given its operator's current `state` (the caller has
+        looked it up: an unknown operator is a 404 before any limit or token claim)."""
         if idempotency_key is None:
-            return await self._authorize(principal, body, None)
-        return await self._authorize_once(principal, body, idempotency_key)
+            return await self._authorize(principal, body, state, None)
+        return await self._authorize_once(principal, body, state, idempotency_key)
 
     async def _authorize_once(
-        self, principal: Principal, body: AuthorizeIn, key: str
+        self, principal: Principal, body: AuthorizeIn, state: OperatorState, key: str
     ) -> dict[str, Any]:
         digest = request_digest(body)
         if self.recorder.database_away:
-            return await self._authorize_once_locally(principal, body, key, digest)
+            return await self._authorize_once_locally(principal, body, state, key, digest)
         try:
-            return await self._authorize_once_shared(principal, body, key, digest)
+            return await self._authorize_once_shared(principal, body, state, key, digest)
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
             self.recorder.database_unavailable(exc)
-            return await self._authorize_once_locally(principal, body, key, digest)
+            return await self._authorize_once_locally(principal, body, state, key, digest)
 
     async def _authorize_once_shared(
-        self, principal: Principal, body: AuthorizeIn, key: str, digest: str
+        self,
+        principal: Principal,
+        body: AuthorizeIn,
+        state: OperatorState,
+        key: str,
+        digest: str,
     ) -> dict[str, Any]:
         """Idempotency across replicas, through the database."""
         started = time.monotonic()
@@ -97,7 +106,10 @@ class DecisionService:
             ):
                 try:
                     return await self._authorize(
-                        principal, body, IdempotencyClaim(principal.key_id, key, digest, created_at)
+                        principal,
+                        body,
+                        state,
+                        IdempotencyClaim(principal.key_id, key, digest, created_at),
                     )
                 except BaseException:
                     await asyncio.shield(
@@ -122,7 +134,12 @@ class DecisionService:
             await asyncio.sleep(IDEMPOTENCY_POLL_SECONDS)
 
     async def _authorize_once_locally(
-        self, principal: Principal, body: AuthorizeIn, key: str, digest: str
+        self,
+        principal: Principal,
+        body: AuthorizeIn,
+        state: OperatorState,
+        key: str,
+        digest: str,
     ) -> dict[str, Any]:
         """While the database is away: a key first seen now is honoured by this process; its
         answer is written with the buffered decision when the database returns."""
@@ -139,7 +156,7 @@ class DecisionService:
         self._local_answers[slot] = (digest, answer)
         try:
             response = await self._authorize(
-                principal, body, IdempotencyClaim(principal.key_id, key, digest, utcnow())
+                principal, body, state, IdempotencyClaim(principal.key_id, key, digest, utcnow())
             )
         except BaseException:
             del self._local_answers[slot]
@@ -152,11 +169,12 @@ class DecisionService:
         return response
 
     async def _authorize(
-        self, principal: Principal, body: AuthorizeIn, idempotency: IdempotencyClaim | None
+        self,
+        principal: Principal,
+        body: AuthorizeIn,
+        state: OperatorState,
+        idempotency: IdempotencyClaim | None,
     ) -> dict[str, Any]:
-        state = await self._operators.get(body.operator_id)
-        if state is None:
-            raise NotFound(f"Operator {body.operator_id} does not exist.")
         self.recorder.ensure_room()
         verdict = await self._judge(state, body)
         decision_id = new_decision_id()

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +37,7 @@ from app.decisions.schemas import ANNOTATION_REASONS as CONTRACT_REASONS
 from app.decisions.schemas import AuthorizeIn
 from app.decisions.service import DecisionService
 from app.operators.policy import PolicySnapshot
-from app.operators.state import OperatorState, OperatorStateCache
+from app.operators.state import OperatorState
 from app.recaptcha.client import RecaptchaClient
 from app.recaptcha.emulator import EmulatorState, FaultKind, create_emulator_app, wire
 from app.recaptcha.emulator.auth import CLOUD_PLATFORM, SELF_SIGNED_AUDIENCE
@@ -397,7 +397,7 @@ async def test_the_gates_assessment_request_is_an_assessment(
     )
     # _assess is where the event is built; the engine is never used on that path.
     engine = create_async_engine("sqlite+aiosqlite://")
-    service = DecisionService(engine, cast(OperatorStateCache, None), client, upstream_timeout=2)
+    service = DecisionService(engine, client, upstream_timeout=2)
     state = OperatorState(
         "acme",
         PolicySnapshot(version=1, enabled=True, site_key="6LcSiteKey", gcp_project_id=PROJECT),
