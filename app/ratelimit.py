@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db import is_unavailable
 from app.errors import TooManyRequests
 from app.metrics import RATE_LIMITED
 from app.settings import Settings
@@ -207,7 +207,9 @@ class RateLimiter:
                     level = (await conn.execute(_KEY_LEVEL, params)).scalar_one_or_none()
                 self._database_answered()
                 return _seconds((1 - (level or 0.0)) / rate)
-            except (SQLAlchemyError, OSError) as exc:
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
                 self._database_failed(exc)
         return self._local.take_key(key_id, rate)
 
@@ -223,7 +225,9 @@ class RateLimiter:
                     remaining = (await conn.execute(_TO_NEXT_MINUTE)).scalar_one()
                 self._database_answered()
                 return _seconds(remaining)
-            except (SQLAlchemyError, OSError) as exc:
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
                 self._database_failed(exc)
         return self._local.take_operator(operator_id, limit)
 
