@@ -58,6 +58,7 @@ from bench.run import (
     migrate,
     process,
     set_up_chargegate,
+    terminate,
 )
 from bench.soak import OpenLoop, Outcome, describe, percentile, set_upstream_delay
 
@@ -128,11 +129,7 @@ def tcp_proxy(target_port: int = 5432) -> Iterator[tuple[subprocess.Popen[str], 
             raise RuntimeError(f"tcp proxy did not start: {line!r}")
         yield proc, int(line.split()[1].rsplit(":", 1)[1])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc, 10)
 
 
 @dataclass
