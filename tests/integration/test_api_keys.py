@@ -21,17 +21,16 @@ from tests.conftest import (
     count_rows,
     eventually,
 )
+from tests.conftest import (
+    assert_problem as problem,
+)
 
 KEY_SHAPE = re.compile(r"^cg_[A-Za-z0-9_-]{43}$")
 ID_SHAPE = re.compile(r"^key_[A-Za-z0-9_-]+$")
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
+    body = problem(response, status)
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
     return body

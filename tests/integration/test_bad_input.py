@@ -10,16 +10,13 @@ import pytest
 import respx
 
 from tests.conftest import Gate, count_rows
+from tests.conftest import assert_problem as problem
 
 TOKEN = "secret-token-value-0123456789"
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
+    body = problem(response, status)
     assert TOKEN not in response.text
     return body
 

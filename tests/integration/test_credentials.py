@@ -27,6 +27,7 @@ from tests.conftest import (
     PROJECT,
     SITE_KEY,
     Gate,
+    assert_problem,
     assessment_json,
     bearer,
     bearer_jwt_claims,
@@ -46,15 +47,6 @@ SCORE_KEY = {
     "labels": {},
     "createTime": "2026-01-01T00:00:00Z",
 }
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
-    return body
 
 
 def pem_body_lines(pem: str) -> list[str]:

@@ -6,19 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import ADMIN, Gate, count_rows
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
-    return body
+from tests.conftest import ADMIN, Gate, assert_problem, count_rows
 
 
 async def test_create_operator_answers_201_with_the_operator(gate: Gate) -> None:
