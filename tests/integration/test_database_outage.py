@@ -282,3 +282,31 @@ async def test_shutdown_gives_up_on_an_absent_database_within_the_grace(
     stopped_after = asyncio.get_running_loop().time() - stopping
     assert stopped_after <= grace * 0.3 + 0.5
     assert "decisions lost at shutdown" in caplog.text
+
+
+async def test_buffered_decisions_are_written_in_the_order_they_were_made(
+    gated: tuple[httpx.AsyncClient, dict[str, str]],
+    proxy: TcpProxy,
+    database: str,
+    assessments: respx.Route,
+) -> None:
+    client, headers = gated
+    await proxy.cut()
+    made = [(await authorize(client, headers)).json()["decision_id"] for _ in range(10)]
+    await proxy.restore()
+
+    async def written() -> bool:
+        return await count_rows(database, "decisions") == 11
+
+    await eventually(written, within=10)
+    conn = await asyncpg.connect(database)
+    try:
+        # The table is emptied before each test and only ever appended to: its physical
+        # order is the order of insertion.
+        stored = [
+            r["decision_id"]
+            for r in await conn.fetch("SELECT decision_id FROM decisions ORDER BY ctid")
+        ]
+    finally:
+        await conn.close()
+    assert stored[1:] == made
